@@ -1,0 +1,74 @@
+"""Celery configuration for mcp-worker, built from `worker.settings` (the environment).
+
+The reliability defaults of DESIGN.md live here: late acks with reject-on-worker-lost so a killed
+worker's task is redelivered, a visibility timeout above the longest time limit, prefetch 1, JSON
+only, and result expiry. Each value that differs from Celery's default says why.
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+from worker.settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.broker_url
+result_backend = _settings.result_backend
+broker_connection_retry_on_startup = True
+
+if _settings.broker_is_embedded:
+    _broker = _settings.data_dir / "broker"
+    broker_transport_options = {
+        "data_folder_in": str(_broker / "out"),
+        "data_folder_out": str(_broker / "out"),
+        "control_folder": str(_broker / "control"),
+        "processed_folder": str(_broker / "processed"),
+        "store_processed": False,
+    }
+else:
+    broker_transport_options = {
+        # Above the longest hard time limit, or Redis hands a still-running task to a second worker.
+        "visibility_timeout": _settings.visibility_timeout,
+    }
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+
+# JSON only: payloads are plain data, and pickle from a broker is remote code execution.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+result_expires = _settings.result_expires
+result_extended = True
+
+# A task is acknowledged after it finishes; a worker killed mid-task gets it redelivered.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message at a time per process: calls can be slow, and a prefetched message would wait behind one.
+worker_prefetch_multiplier = 1
+worker_hijack_root_logger = False
+worker_cancel_long_running_tasks_on_connection_loss = True
+task_track_started = True
+task_time_limit = _settings.task_time_limit
+task_soft_time_limit = _settings.task_soft_time_limit
+
+# Flower lists queued and running tasks only when workers and producers send events.
+worker_send_task_events = True
+task_send_sent_event = True
+
+task_default_queue = "mcp.tools"
+task_queues = (
+    Queue("mcp.tools", Exchange("mcp.tools"), routing_key="mcp.tools"),
+    Queue("mcp.reports", Exchange("mcp.reports"), routing_key="mcp.reports"),
+    Queue("mcp.schedule", Exchange("mcp.schedule"), routing_key="mcp.schedule"),
+)
+task_routes = {
+    "mcp.execute_tool": {"queue": "mcp.tools", "routing_key": "mcp.tools"},
+    "mcp.generate_report": {"queue": "mcp.reports", "routing_key": "mcp.reports"},
+    "mcp.dispatch_due_reports": {"queue": "mcp.schedule", "routing_key": "mcp.schedule"},
+    "mcp.*": {"queue": "mcp.schedule", "routing_key": "mcp.schedule"},
+}
+
+beat_schedule: dict[str, dict[str, object]] = {}
+timezone = "UTC"
+enable_utc = True

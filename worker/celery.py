@@ -1,0 +1,9 @@
+"""The Celery application. Nothing but its construction lives here: `celery -A worker worker`."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("worker")
+app.config_from_object("celeryconfig")
+app.autodiscover_tasks(["worker"], related_name="tasks", force=True)

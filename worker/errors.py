@@ -1,0 +1,107 @@
+"""The worker's exceptions: one root, a retryable branch and a permanent branch.
+
+    WorkerError
+    ├── ConfigurationError          settings or a config file that do not parse
+    ├── TransientError              worth retrying: the same call may succeed later
+    │   ├── ServerUnavailable       connection refused/reset, DNS, a dead stdio child
+    │   ├── ServerTimeout           connect or call took longer than its limit
+    │   └── ServerError             HTTP 5xx or an internal error reported by the server
+    └── PermanentError              retrying cannot help; the row says what to fix
+        ├── ServiceNotFound         no service of that name for the user (nor a global one)
+        ├── InvalidService          a service record that cannot be used as written
+        ├── InvalidArguments        task arguments of the wrong shape, size or type
+        ├── CommandNotAllowed       a stdio command the operator did not allow
+        ├── AuthenticationFailed    the MCP server refused the credentials
+        ├── UnknownTool             the server has no tool of that name
+        ├── ToolInputRejected       the tool's input schema rejected the arguments
+        ├── ToolFailed              the tool ran and reported `isError`
+        ├── ProtocolError           the server answered something that is not MCP
+        ├── TemplateError           a report template failed to compile or render
+        └── TemplateNotFound        no template of that name in the database or the package
+
+Messages are one line, say what to fix, and never contain a credential: every place that builds
+one from server output runs it through `worker.redaction.redact` first.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Root of every error the worker raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigurationError(WorkerError):
+    """A setting, environment variable or config file does not parse."""
+
+
+class TransientError(WorkerError):
+    """A failure that may go away: the task is retried with backoff."""
+
+    retryable = True
+
+
+class ServerUnavailable(TransientError):
+    """The MCP server could not be reached or its process died."""
+
+
+class ServerTimeout(TransientError):
+    """Connecting to or calling the MCP server took longer than its limit."""
+
+
+class ServerError(TransientError):
+    """The MCP server answered with a 5xx or an internal error."""
+
+
+class PermanentError(WorkerError):
+    """A failure that retrying cannot fix: the task fails at once."""
+
+
+class ServiceNotFound(PermanentError):
+    """Neither the user nor `global` has a service of that name."""
+
+    def __init__(self, user_id: str, desc: str) -> None:
+        super().__init__(f"no MCP service {desc!r} for user {user_id!r} (nor a global one)")
+        self.user_id = user_id
+        self.desc = desc
+
+
+class InvalidService(PermanentError):
+    """A service record cannot be used as written (mode, URL, auth, command)."""
+
+
+class InvalidArguments(PermanentError):
+    """Task arguments are of the wrong shape, size or type."""
+
+
+class CommandNotAllowed(PermanentError):
+    """A stdio service names an executable outside MCP_STDIO_ALLOWED_COMMANDS."""
+
+
+class AuthenticationFailed(PermanentError):
+    """The MCP server refused the service's credentials (401/403)."""
+
+
+class UnknownTool(PermanentError):
+    """The MCP server has no tool of that name."""
+
+
+class ToolInputRejected(PermanentError):
+    """The tool's input schema (or the server's validation) rejected the arguments."""
+
+
+class ToolFailed(PermanentError):
+    """The tool ran and returned a result flagged `isError`."""
+
+
+class ProtocolError(PermanentError):
+    """The server answered with something that is not a valid MCP message."""
+
+
+class TemplateError(PermanentError):
+    """A report template failed to compile or render."""
+
+
+class TemplateNotFound(PermanentError):
+    """No template of that name in `mcp_templates` nor bundled in the package."""

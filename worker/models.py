@@ -1,0 +1,101 @@
+"""SQLAlchemy models: the seed's three tables plus what later features add.
+
+The schema itself is created by the Alembic migrations in `migrations/`; these classes must
+match them exactly (a test runs autogenerate against a migrated database and expects no diff).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on Postgres, JSON (text) on SQLite.
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every table of the worker."""
+
+    type_annotation_map = {dict[str, Any]: JSONType}
+
+
+def _created() -> Any:
+    return mapped_column(sa.DateTime(timezone=True), server_default=sa.func.current_timestamp())
+
+
+def _updated() -> Any:
+    # The database trigger keeps raw SQL updates honest; onupdate covers ORM updates everywhere.
+    return mapped_column(
+        sa.DateTime(timezone=True),
+        server_default=sa.func.current_timestamp(),
+        onupdate=sa.func.current_timestamp(),
+    )
+
+
+class McpService(Base):
+    """One user's (or `global`) configuration of one MCP service."""
+
+    __tablename__ = "mcp_services"
+    __table_args__ = (
+        sa.Index("idx_mcp_services_user_id", "user_id"),
+        sa.Index("idx_mcp_services_desc", "desc"),
+        sa.Index("idx_mcp_services_user_desc", "user_id", "desc", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    desc: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    interaction_mode: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    url: Mapped[str | None] = mapped_column(sa.String(255))
+    endpoint: Mapped[str | None] = mapped_column(sa.String(255))
+    api_key: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONType, server_default=sa.text("'{}'"))
+    auth: Mapped[dict[str, Any] | None] = mapped_column(JSONType, server_default=sa.text("'{}'"))
+    created_at: Mapped[datetime | None] = _created()
+    updated_at: Mapped[datetime | None] = _updated()
+
+
+class McpExecution(Base):
+    """The audit row of one tool call, keyed by the Celery task id across its attempts."""
+
+    __tablename__ = "mcp_executions"
+    __table_args__ = (
+        sa.Index("idx_mcp_executions_user_id", "user_id"),
+        sa.Index("idx_mcp_executions_tool_desc", "tool_desc"),
+        sa.Index("idx_mcp_executions_created_at", "created_at"),
+        sa.Index("idx_mcp_executions_task_id", "task_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    tool_desc: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONType, server_default=sa.text("'{}'"))
+    status: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    result: Mapped[Any] = mapped_column(JSONType)
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    execution_time_ms: Mapped[int | None] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime | None] = _created()
+    task_id: Mapped[str | None] = mapped_column(sa.String(255))
+    tool_name: Mapped[str | None] = mapped_column(sa.String(255))
+    attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
+    started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class McpTemplate(Base):
+    """A Jinja2 report template stored by name (user content: rendered only in the sandbox)."""
+
+    __tablename__ = "mcp_templates"
+    __table_args__ = (sa.Index("idx_mcp_templates_name", "name", unique=True),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    content: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    created_by: Mapped[str | None] = mapped_column(sa.String(50), server_default=sa.text("'admin'"))
+    created_at: Mapped[datetime | None] = _created()
+    updated_at: Mapped[datetime | None] = _updated()

@@ -1,0 +1,387 @@
+"""Service registry: which MCP server a user's service name means, and with which credentials.
+
+`resolve(user_id, desc)` returns the user's own row, else the `global` row, else raises
+`ServiceNotFound`. Records come from `mcp_services`, or from a JSON file when
+`DEVELOPMENT_MODE=true`; both become the same frozen `ServiceConfig`, validated on the way in,
+so a bad record is refused when it is saved (or when the file is read), not at first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from worker.errors import ConfigurationError, InvalidService, ServiceNotFound
+from worker.models import McpService
+from worker.settings import Settings, get_settings
+
+GLOBAL_USER = "global"
+
+Mode = Literal["stdio", "sse", "streamable_http"]
+MODE_ALIASES: dict[str, Mode] = {
+    "stdio": "stdio",
+    "sse": "sse",
+    "streamable_http": "streamable_http",
+    "streamable-http": "streamable_http",
+    "streamful_http": "streamable_http",  # the seed's spelling
+    "http": "streamable_http",
+}
+AUTH_TYPES = frozenset({"none", "api_key", "bearer", "oauth"})
+
+# Keys of `params` that configure the worker rather than the tool; they never reach the server.
+RESERVED_PARAMS = frozenset({"connect_timeout", "call_timeout", "report_tool", "refine"})
+
+USER_ID_MAX = 50
+DESC_MAX = 255
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def normalize_mode(raw: object) -> Mode:
+    """Map a stored `interaction_mode` (aliases included) onto one of the three transports.
+
+    Raises:
+        InvalidService: the mode is not one we speak.
+    """
+    mode = MODE_ALIASES.get(str(raw).strip().lower()) if isinstance(raw, str) else None
+    if mode is None:
+        allowed = ", ".join(sorted(MODE_ALIASES))
+        raise InvalidService(f"interaction_mode {raw!r} is not supported; use one of: {allowed}")
+    return mode
+
+
+def mask_secret(secret: str | None) -> str:
+    """A form of a secret that is safe to print: its last 4 characters at most."""
+    if not secret:
+        return ""
+    if len(secret) <= 8:
+        return "****"
+    return "****" + secret[-4:]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One usable service record, whatever its source."""
+
+    user_id: str
+    desc: str
+    mode: Mode
+    url: str | None
+    endpoint: str | None
+    api_key: str = field(repr=False)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    auth: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    id: int | None = None
+
+    @property
+    def auth_type(self) -> str:
+        return str(self.auth.get("type", "api_key"))
+
+    @property
+    def tool_defaults(self) -> dict[str, Any]:
+        """The default tool arguments: `params` without the worker's reserved keys."""
+        return {k: v for k, v in self.params.items() if k not in RESERVED_PARAMS}
+
+    def secrets(self) -> list[str]:
+        """Every secret value this record carries (for redaction)."""
+        found = [self.api_key] if self.api_key else []
+        found += [str(v) for k, v in self.auth.items() if k in ("value", "token", "password") and v]
+        return found
+
+    def credential_hash(self) -> str:
+        """A digest of the credentials, so pooled sessions are never shared across keys."""
+        material = json.dumps([self.api_key, dict(self.auth)], sort_keys=True, default=str)
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    def public_dict(self) -> dict[str, Any]:
+        """The record as safe to print: api key masked, auth secrets masked."""
+        auth = {k: (mask_secret(str(v)) if k in ("value", "token", "password") else v) for k, v in self.auth.items()}
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "desc": self.desc,
+            "interaction_mode": self.mode,
+            "url": self.url,
+            "endpoint": self.endpoint,
+            "api_key": mask_secret(self.api_key),
+            "params": dict(self.params),
+            "auth": auth,
+        }
+
+
+def _require_str(record: Mapping[str, Any], key: str, max_len: int, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidService(f"{where}: {key!r} is required and must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidService(f"{where}: {key!r} is longer than {max_len} characters")
+    return value
+
+
+def _optional_str(record: Mapping[str, Any], key: str, where: str, max_len: int = 255) -> str | None:
+    value = record.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidService(f"{where}: {key!r} must be a string")
+    if len(value) > max_len:
+        raise InvalidService(f"{where}: {key!r} is longer than {max_len} characters")
+    return value
+
+
+def _json_object(record: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = record.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidService(f"{where}: {key!r} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidService(f"{where}: {key!r} must be a JSON object")
+    return value
+
+
+def _check_http_url(url: str, where: str, settings: Settings) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidService(f"{where}: url {url!r} must be an http(s) URL with a host")
+    if settings.allowed_hosts and parts.hostname not in settings.allowed_hosts:
+        raise InvalidService(f"{where}: host {parts.hostname!r} is not in MCP_ALLOWED_HOSTS")
+
+
+def validate_record(record: Mapping[str, Any], settings: Settings | None = None) -> ServiceConfig:
+    """Turn a raw record (a row, a JSON object, CLI options) into a `ServiceConfig`.
+
+    Raises:
+        InvalidService: a field is missing, of the wrong type, or not allowed.
+    """
+    settings = settings or get_settings()
+    where = f"service {record.get('user_id')!r}/{record.get('desc')!r}"
+    user_id = _require_str(record, "user_id", USER_ID_MAX, where)
+    desc = _require_str(record, "desc", DESC_MAX, where)
+    mode = normalize_mode(record.get("interaction_mode"))
+    url = _optional_str(record, "url", where)
+    endpoint = _optional_str(record, "endpoint", where)
+    api_key = record.get("api_key")
+    if not isinstance(api_key, str) or len(api_key) > 255:
+        raise InvalidService(f"{where}: 'api_key' is required (a string of at most 255 characters)")
+    params = _json_object(record, "params", where)
+    auth = _json_object(record, "auth", where)
+
+    auth_type = auth.get("type", "api_key")
+    if auth_type not in AUTH_TYPES:
+        raise InvalidService(f"{where}: auth type {auth_type!r} is not one of {', '.join(sorted(AUTH_TYPES))}")
+    header = auth.get("header")
+    if header is not None and (not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", header)):
+        raise InvalidService(f"{where}: auth header {header!r} is not a valid HTTP header name")
+    env_map = auth.get("env", {})
+    if not isinstance(env_map, dict) or not all(
+        isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env_map.items()
+    ):
+        raise InvalidService(f"{where}: auth.env must map environment variable names to strings")
+    for key in ("connect_timeout", "call_timeout"):
+        for source in (params, auth):
+            value = source.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
+                raise InvalidService(f"{where}: {key} must be a positive number of seconds")
+
+    if mode == "stdio":
+        if url is not None:
+            try:
+                argv = shlex.split(url)
+            except ValueError as exc:
+                raise InvalidService(f"{where}: stdio command line does not parse: {exc}") from None
+            if not argv:
+                raise InvalidService(f"{where}: stdio command line is empty")
+    else:
+        if url is None:
+            raise InvalidService(f"{where}: an {mode} service needs a url")
+        _check_http_url(url, where, settings)
+
+    rid = record.get("id")
+    return ServiceConfig(
+        user_id=user_id,
+        desc=desc,
+        mode=mode,
+        url=url,
+        endpoint=endpoint,
+        api_key=api_key,
+        params=params,
+        auth=auth,
+        id=rid if isinstance(rid, int) else None,
+    )
+
+
+def _row_to_record(row: McpService) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "user_id": row.user_id,
+        "desc": row.desc,
+        "interaction_mode": row.interaction_mode,
+        "url": row.url,
+        "endpoint": row.endpoint,
+        "api_key": row.api_key,
+        "params": row.params or {},
+        "auth": row.auth or {},
+    }
+
+
+# ---------------------------------------------------------------- the JSON file (development mode)
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: os.environ.get(m.group(1) or m.group(2), m.group(0)), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def load_config_file(path: Path, settings: Settings | None = None) -> list[ServiceConfig]:
+    """Read the development-mode services file.
+
+    The file is a list of service objects, or an object keyed by user id whose values are lists
+    of service objects (without `user_id`). `$VAR` and `${VAR}` are expanded from the environment.
+
+    Raises:
+        ConfigurationError: the file is missing, not JSON, or an entry is invalid (the message
+            names the file and the entry).
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigurationError(f"MCP_CONFIG_FILE {str(path)!r} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+    entries: list[tuple[str, Any]] = []
+    if isinstance(document, list):
+        entries = [(f"entry {i}", item) for i, item in enumerate(document)]
+    elif isinstance(document, dict):
+        for user_id, items in document.items():
+            if not isinstance(items, list):
+                raise ConfigurationError(f"{path}: the value for user {user_id!r} must be a list of services")
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    item = {"user_id": user_id, **item}
+                entries.append((f"user {user_id!r} entry {i}", item))
+    else:
+        raise ConfigurationError(f"{path}: expected a list of services or an object keyed by user id")
+
+    services = []
+    seen: set[tuple[str, str]] = set()
+    for where, item in entries:
+        if not isinstance(item, dict):
+            raise ConfigurationError(f"{path}: {where} must be a JSON object")
+        try:
+            config = validate_record(_expand(item), settings)
+        except InvalidService as exc:
+            raise ConfigurationError(f"{path}: {where}: {exc}") from None
+        key = (config.user_id, config.desc)
+        if key in seen:
+            raise ConfigurationError(f"{path}: {where}: duplicate service {config.desc!r} for {config.user_id!r}")
+        seen.add(key)
+        services.append(config)
+    return services
+
+
+# ---------------------------------------------------------------- lookups
+
+
+def _pick(candidates: Iterable[ServiceConfig], user_id: str, desc: str) -> ServiceConfig:
+    by_user = {c.user_id: c for c in candidates if c.desc == desc}
+    found = by_user.get(user_id) or by_user.get(GLOBAL_USER)
+    if found is None:
+        raise ServiceNotFound(user_id, desc)
+    return found
+
+
+def resolve(user_id: str, desc: str, session: Session | None = None) -> ServiceConfig:
+    """The service `desc` as `user_id` sees it: their own row, else the global one.
+
+    Raises:
+        ServiceNotFound: neither exists.
+        InvalidService: the stored row cannot be used as written.
+        ConfigurationError: development mode and the services file is bad.
+    """
+    settings = get_settings()
+    if settings.development_mode:
+        if settings.config_file is None:
+            raise ConfigurationError("DEVELOPMENT_MODE=true needs MCP_CONFIG_FILE")
+        return _pick(load_config_file(settings.config_file, settings), user_id, desc)
+    if session is None:
+        from worker.db import session_scope
+
+        with session_scope() as own:
+            return resolve(user_id, desc, own)
+    rows = session.scalars(
+        sa.select(McpService).where(McpService.desc == desc, McpService.user_id.in_([user_id, GLOBAL_USER]))
+    ).all()
+    return _pick((validate_record(_row_to_record(r), settings) for r in rows), user_id, desc)
+
+
+def list_services(session: Session | None, user_id: str | None = None) -> list[ServiceConfig]:
+    """Services visible to `user_id` (their own and the global ones), or all of them."""
+    settings = get_settings()
+    if settings.development_mode:
+        if settings.config_file is None:
+            raise ConfigurationError("DEVELOPMENT_MODE=true needs MCP_CONFIG_FILE")
+        configs = load_config_file(settings.config_file, settings)
+    else:
+        assert session is not None
+        query = sa.select(McpService).order_by(McpService.user_id, McpService.desc)
+        if user_id is not None:
+            query = query.where(McpService.user_id.in_([user_id, GLOBAL_USER]))
+        configs = [validate_record(_row_to_record(r), settings) for r in session.scalars(query)]
+    if user_id is None:
+        return configs
+    own = {c.desc for c in configs if c.user_id == user_id}
+    return [c for c in configs if c.user_id == user_id or (c.user_id == GLOBAL_USER and c.desc not in own)]
+
+
+def save_service(session: Session, record: Mapping[str, Any]) -> ServiceConfig:
+    """Validate and insert or update (by user and desc) one service row.
+
+    Raises:
+        InvalidService: the record does not validate; nothing is written.
+    """
+    config = validate_record(record)
+    row = session.scalars(
+        sa.select(McpService).where(McpService.user_id == config.user_id, McpService.desc == config.desc)
+    ).one_or_none()
+    if row is None:
+        row = McpService(user_id=config.user_id, desc=config.desc)
+        session.add(row)
+    row.interaction_mode = str(record["interaction_mode"]).strip()
+    row.url = config.url
+    row.endpoint = config.endpoint
+    row.api_key = config.api_key
+    row.params = dict(config.params)
+    row.auth = dict(config.auth)
+    session.flush()
+    return validate_record(_row_to_record(row))
+
+
+def remove_service(session: Session, user_id: str, desc: str) -> bool:
+    """Delete one service row; True when a row was deleted."""
+    result = session.execute(
+        sa.delete(McpService).where(McpService.user_id == user_id, McpService.desc == desc)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
