@@ -1,0 +1,21 @@
+"""`mcp-worker demo-server`: the bundled OpenProject-like MCP server."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser(
+        "demo-server",
+        help="run the bundled demo MCP server (stdio, sse or streamable-http)",
+        add_help=False,
+    )
+    demo.add_argument("rest", nargs=argparse.REMAINDER)
+    demo.set_defaults(handler=_demo_server)
+
+
+def _demo_server(args: argparse.Namespace) -> int:
+    from worker import demo_server
+
+    return int(demo_server.main(args.rest) or 0)

@@ -1,0 +1,55 @@
+"""The producer API: enqueue tool calls and reports by task name.
+
+Apps need only `celery` and the broker URL: tasks are sent by name with `send_task`, so nothing
+of the worker's code runs in the producer. The payload is checked here first (a malformed call is
+refused before it reaches the queue) and carries no secrets: the worker resolves credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from worker.settings import get_settings
+from worker.validation import validate_tool_request
+
+EXECUTE_TOOL = "mcp.execute_tool"
+GENERATE_REPORT = "mcp.generate_report"
+
+
+def _app(app: Celery | None) -> Celery:
+    if app is not None:
+        return app
+    from worker.celery import app as default_app
+
+    return default_app
+
+
+def submit_tool(
+    user_id: str,
+    service: str,
+    tool: str,
+    arguments: dict[str, Any] | None = None,
+    *,
+    task_id: str | None = None,
+    app: Celery | None = None,
+) -> AsyncResult:
+    """Enqueue `mcp.execute_tool` and return its AsyncResult.
+
+    Sending the same `task_id` twice yields one execution row and one tool call.
+
+    Raises:
+        InvalidArguments: a field is missing, of the wrong type or too large (nothing is sent).
+        kombu.exceptions.OperationalError: the broker could not be reached (nothing is sent).
+    """
+    user, desc, name, args = validate_tool_request(
+        user_id, service, tool, arguments, max_argument_bytes=get_settings().max_argument_bytes
+    )
+    return _app(app).send_task(
+        EXECUTE_TOOL,
+        kwargs={"user_id": user, "service": desc, "tool": name, "arguments": args},
+        task_id=task_id,
+        queue="mcp.tools",
+    )

@@ -1,0 +1,137 @@
+"""Running one audited tool call: the logic behind `mcp.execute_tool`, testable without Celery.
+
+Order of work, each database step its own short transaction so no connection is held while the
+MCP server thinks: claim the row (or find it already succeeded), resolve the service, call the
+tool, record the outcome. Errors are recorded and re-raised for the task to map onto retry (a
+`TransientError` that has retries left) or failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from worker import executions, mcp
+from worker.db import session_scope
+from worker.errors import ToolFailed, TransientError, WorkerError
+from worker.redaction import redact, redact_params, register_secrets
+from worker.registry import ServiceConfig, resolve
+from worker.settings import Settings, get_settings
+from worker.validation import validate_tool_request
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_CHARS = 200
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What a finished call returns to the task (and so to the producer): small, no secrets."""
+
+    execution_id: int
+    task_id: str
+    status: str
+    result: Any
+    execution_time_ms: int | None
+    attempts: int
+    cached: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        text = json.dumps(self.result, ensure_ascii=False, default=str)
+        return {
+            "execution_id": self.execution_id,
+            "task_id": self.task_id,
+            "status": self.status,
+            "attempts": self.attempts,
+            "execution_time_ms": self.execution_time_ms,
+            "cached": self.cached,
+            "result_summary": text if len(text) <= SUMMARY_CHARS else text[:SUMMARY_CHARS] + "...",
+        }
+
+
+def merge_arguments(config: ServiceConfig, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The service's default params overlaid with the call's arguments (the call's win)."""
+    return {**config.tool_defaults, **arguments}
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def run_tool_call(
+    *,
+    task_id: str,
+    user_id: object,
+    service: object,
+    tool: object,
+    arguments: object,
+    final_attempt: bool,
+    settings: Settings | None = None,
+) -> CallResult:
+    """Call `tool` on the user's `service` and keep the audit row current.
+
+    Raises:
+        InvalidArguments: the request itself is malformed (no row is written).
+        PermanentError: recorded as `error`; retrying cannot help.
+        TransientError: recorded as `retrying`, or `error` when `final_attempt`.
+    """
+    settings = settings or get_settings()
+    user, desc, name, args = validate_tool_request(
+        user_id, service, tool, arguments, max_argument_bytes=settings.max_argument_bytes
+    )
+    with session_scope() as session:
+        begun = executions.begin(
+            session, task_id=task_id, user_id=user, service=desc, tool=name, params=redact_params(args)
+        )
+    if begun.already_succeeded:
+        logger.info("execution %s already succeeded; returning the stored result", begun.id)
+        return CallResult(begun.id, task_id, "success", begun.result, begun.execution_time_ms, begun.attempts, True)
+
+    started = time.perf_counter()
+    stored_params: Any = None
+    try:
+        config = resolve(user, desc)
+        register_secrets(config.secrets())
+        merged = merge_arguments(config, args)
+        stored_params = redact_params(merged, config.secrets())
+        outcome = mcp.call_tool(config, name, merged, settings=settings)
+        if outcome.is_error:
+            raise ToolFailed(f"tool {name!r} reported an error: {outcome.message or 'no message'}")
+        result = executions.bounded_result(redact_params(outcome.result, config.secrets()), settings.max_result_bytes)
+    except WorkerError as exc:
+        final = final_attempt or not isinstance(exc, TransientError)
+        message = redact(f"{type(exc).__name__}: {exc}")
+        with session_scope() as session:
+            executions.fail(
+                session, task_id, message=message, elapsed_ms=_elapsed_ms(started), final=final, params=stored_params
+            )
+        logger.warning(
+            "execution %s attempt %d failed (%s): %s", begun.id, begun.attempts, "final" if final else "retry", message
+        )
+        raise
+    except SoftTimeLimitExceeded:
+        message = f"ServerTimeout: the task's soft time limit ({settings.task_soft_time_limit} s) ran out"
+        with session_scope() as session:
+            executions.fail(
+                session, task_id, message=message, elapsed_ms=_elapsed_ms(started), final=True, params=stored_params
+            )
+        raise
+    except Exception as exc:
+        # Anything unclassified is a bug or a failure mode we have not met: record it, never lose it.
+        message = redact(f"unexpected {type(exc).__name__}: {exc}")
+        with session_scope() as session:
+            executions.fail(
+                session, task_id, message=message, elapsed_ms=_elapsed_ms(started), final=True, params=stored_params
+            )
+        logger.exception("execution %s failed unexpectedly", begun.id)
+        raise
+    elapsed = _elapsed_ms(started)
+    with session_scope() as session:
+        executions.succeed(session, task_id, result=result, elapsed_ms=elapsed, params=stored_params)
+    return CallResult(begun.id, task_id, "success", result, elapsed, begun.attempts)
+

@@ -1,0 +1,64 @@
+"""Keeping secrets out of rows, results, errors and logs.
+
+Two rules, applied by code rather than by remembering: values under secret-looking keys are
+masked wherever a structure is stored or printed (`redact_params`), and every known secret value
+(the resolved service's api key and auth values, registered with `register_secrets`) is replaced
+in any text that leaves the worker (`redact`). The logging filter in `worker.logs` applies `redact`
+to every log line.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MASK = "***"
+# Shorter strings are too likely to occur by chance in ordinary text to be replaced safely.
+MIN_SECRET_LEN = 4
+_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|auth[_-]?value|credential)", re.I)
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
+
+_lock = threading.Lock()
+_known: set[str] = set()
+
+
+def register_secrets(secrets: Iterable[str]) -> None:
+    """Remember secret values so `redact` (and the log filter) masks them from now on."""
+    fresh = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_LEN}
+    if fresh - _known:
+        with _lock:
+            _known.update(fresh)
+
+
+def known_secrets() -> frozenset[str]:
+    return frozenset(_known)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with every known secret (and `secrets`) and any bearer token replaced by a mask."""
+    values = sorted(_known.union(s for s in secrets if s and len(s) >= MIN_SECRET_LEN), key=len, reverse=True)
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return _BEARER.sub(lambda m: m.group(1) + MASK, text)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key))
+
+
+def redact_params(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of a JSON-like structure with secret-looking keys masked and secret values replaced."""
+    secrets = tuple(secrets)
+    if isinstance(value, Mapping):
+        return {
+            k: (MASK if isinstance(k, str) and is_secret_key(k) and v not in (None, "") else redact_params(v, secrets))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact_params(v, secrets) for v in value]
+    if isinstance(value, str):
+        return redact(value, secrets)
+    return value

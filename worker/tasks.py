@@ -1,0 +1,58 @@
+"""Celery tasks: thin wrappers that coerce arguments, call a plain function, map errors.
+
+Names are the producer contract (DESIGN.md); payloads are JSON and carry no secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from worker.celery import app
+import worker.lifecycle  # noqa: F401  (connects the shutdown signals)
+import worker.logs  # noqa: F401  (connects the logging signals)
+from worker.errors import TransientError
+from worker.execute import run_tool_call
+from worker.settings import get_settings
+
+logger = logging.getLogger(__name__)
+_settings = get_settings()
+
+# Exponential backoff with full jitter for transient failures, capped so retries stay inside
+# the broker's visibility timeout.
+RETRY_BACKOFF_S = 2
+RETRY_BACKOFF_MAX_S = 120
+
+
+def _final_attempt(task: Task) -> bool:
+    return int(task.request.retries or 0) >= int(task.max_retries or 0)
+
+
+@app.task(
+    name="mcp.execute_tool",
+    bind=True,
+    queue="mcp.tools",
+    autoretry_for=(TransientError,),
+    retry_backoff=RETRY_BACKOFF_S,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=_settings.max_retries,
+    soft_time_limit=_settings.task_soft_time_limit,
+    time_limit=_settings.task_time_limit,
+    acks_late=True,
+)
+def execute_tool(
+    self: Task, user_id: str, service: str, tool: str, arguments: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Call `tool` on the user's `service`; the full result lives in `mcp_executions`."""
+    outcome = run_tool_call(
+        task_id=self.request.id,
+        user_id=user_id,
+        service=service,
+        tool=tool,
+        arguments=arguments,
+        final_attempt=_final_attempt(self),
+    )
+    return outcome.summary()
