@@ -75,7 +75,7 @@ class McpExecution(Base):
     tool_desc: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONType, server_default=sa.text("'{}'"))
     status: Mapped[str] = mapped_column(sa.String(50), nullable=False)
-    result: Mapped[Any] = mapped_column(JSONType)
+    result: Mapped[Any] = mapped_column(JSONType, nullable=True)
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     execution_time_ms: Mapped[int | None] = mapped_column(sa.Integer)
     created_at: Mapped[datetime | None] = _created()
@@ -99,3 +99,36 @@ class McpTemplate(Base):
     created_by: Mapped[str | None] = mapped_column(sa.String(50), server_default=sa.text("'admin'"))
     created_at: Mapped[datetime | None] = _created()
     updated_at: Mapped[datetime | None] = _updated()
+
+
+class McpReport(Base):
+    """One rendered (and possibly refined) report for a user, service and ISO week."""
+
+    __tablename__ = "mcp_reports"
+    __table_args__ = (
+        sa.Index("idx_mcp_reports_user_created", "user_id", "created_at"),
+        sa.Index("idx_mcp_reports_service_period", "service", "period"),
+        sa.Index("idx_mcp_reports_task_id", "task_id", unique=True),
+        sa.UniqueConstraint("schedule_id", "period", name="uq_mcp_reports_schedule_period"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    user_id: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    service: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    template: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    period: Mapped[str] = mapped_column(sa.String(10), nullable=False)
+    content: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    raw_content: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    refined: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
+    refine_model: Mapped[str | None] = mapped_column(sa.String(100))
+    refine_error: Mapped[str | None] = mapped_column(sa.Text)
+    prompt_tokens: Mapped[int | None] = mapped_column(sa.Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(sa.Integer)
+    total_tokens: Mapped[int | None] = mapped_column(sa.Integer)
+    undefined_names: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    execution_id: Mapped[int | None] = mapped_column(
+        sa.Integer, sa.ForeignKey("mcp_executions.id", ondelete="SET NULL", name="fk_mcp_reports_execution")
+    )
+    schedule_id: Mapped[int | None] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime | None] = _created()

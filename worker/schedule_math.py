@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -42,6 +43,10 @@ _FIELDS = (
 )
 # Names zoneinfo resolves that mean different things on different hosts.
 _HOST_DEPENDENT_ZONES = frozenset({"localtime", "posixrules"})
+_ZONE_HELP = "unknown time zone {name!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
+
+
+_Accept = Callable[[datetime], bool]
 
 
 class InvalidSchedule(ValueError):
@@ -90,7 +95,7 @@ def parse_cron(expr: str) -> CronSpec:
         try:
             sets[keyword] = getattr(crontab(**{keyword: value}), keyword)
         except ValueError as exc:  # celery's ParseException is a ValueError too
-            raise InvalidSchedule(f"cron {label} field {value!r} in {expr!r}: {exc} (allowed: {hint})") from exc
+            raise InvalidSchedule(f"cron {label} field {value!r} in {expr!r}: {exc} ({hint})") from exc
     try:
         crontab(*fields[:2], day_of_week=fields[4], day_of_month=fields[2], month_of_year=fields[3])
     except ValueError as exc:
@@ -112,14 +117,12 @@ def parse_timezone(name: str) -> ZoneInfo:
     Raises:
         InvalidSchedule: the name is not a known IANA zone, or names the host's own zone.
     """
-    if not isinstance(name, str) or name in _HOST_DEPENDENT_ZONES:
-        raise InvalidSchedule(f"unknown time zone {name!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'")
     try:
-        return ZoneInfo(name)
+        if isinstance(name, str) and name not in _HOST_DEPENDENT_ZONES:
+            return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise InvalidSchedule(
-            f"unknown time zone {name!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
-        ) from exc
+        raise InvalidSchedule(_ZONE_HELP.format(name=name)) from exc
+    raise InvalidSchedule(_ZONE_HELP.format(name=name))
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -155,26 +158,33 @@ def _day_slots(spec: CronSpec, zone: ZoneInfo, day: date) -> list[datetime]:
     return sorted(slots)
 
 
-def _previous(spec: CronSpec, zone: ZoneInfo, at: datetime, floor: datetime | None) -> datetime | None:
-    # Start a day after `at`'s local date: a fall-back at midnight puts that day's first hour
-    # before `at`. Once found, look one day further back: a gap shift can carry a day's slot past
-    # the next day's first ones.
-    first = at.astimezone(zone).date() + timedelta(days=1)
-    last = first - timedelta(days=_HORIZON_DAYS)
-    if floor is not None:
-        last = max(last, floor.astimezone(zone).date() - timedelta(days=1))
+def _scan(
+    spec: CronSpec, zone: ZoneInfo, day: date, step: int, days: int, accept: _Accept
+) -> datetime | None:
+    """Walk up to `days` local days from `day` by `step` (+1/-1); the nearest accepted slot.
+
+    Once a day has an accepted slot one more day is read: a gap shift can carry a day's slot past
+    the next day's first ones.
+    """
+    pick = min if step > 0 else max
     best: datetime | None = None
-    day = first
-    while day >= last:
-        candidates = [s for s in _day_slots(spec, zone, day) if s <= at]
-        if candidates:
-            if best is not None:
-                return max(best, candidates[-1])
-            best = candidates[-1]
-        elif best is not None:
-            return best
-        day -= timedelta(days=1)
+    for _ in range(days):
+        found = [s for s in _day_slots(spec, zone, day) if accept(s)]
+        if best is not None:
+            return pick([best, *found])
+        if found:
+            best = pick(found)
+        day += timedelta(days=step)
     return best
+
+
+def _previous(spec: CronSpec, zone: ZoneInfo, at: datetime, floor: datetime | None) -> datetime | None:
+    # Start a day after `at`'s local date: a fall-back at midnight puts part of that day before `at`.
+    first = at.astimezone(zone).date() + timedelta(days=1)
+    days = _HORIZON_DAYS
+    if floor is not None:
+        days = min(days, (first - floor.astimezone(zone).date()).days + 2)
+    return _scan(spec, zone, first, -1, days, lambda s: s <= at)
 
 
 def previous_slot(cron: str, tz: str, at: datetime) -> datetime | None:
@@ -197,21 +207,14 @@ def next_slot(cron: str, tz: str, after: datetime) -> datetime:
     """
     spec, zone = parse_cron(cron), parse_timezone(tz)
     _aware(after, "after")
-    best: datetime | None = None
-    # Mirror of `_previous`: a gap shift can carry the day before's slot past `after`.
-    day = after.astimezone(zone).date() - timedelta(days=1)
-    for _ in range(_HORIZON_DAYS):
-        candidates = [s for s in _day_slots(spec, zone, day) if s > after]
-        if candidates:
-            if best is not None:
-                return min(best, candidates[0])
-            best = candidates[0]
-        elif best is not None:
-            return best
-        day += timedelta(days=1)
-    if best is None:
-        raise InvalidSchedule(f"cron expression {cron!r} does not fire within 8 years after {after.isoformat()}")
-    return best
+    # Start a day early: a gap shift can carry the day before's slot past `after`.
+    first = after.astimezone(zone).date() - timedelta(days=1)
+    slot = _scan(spec, zone, first, 1, _HORIZON_DAYS, lambda s: s > after)
+    if slot is None:
+        raise InvalidSchedule(
+            f"cron expression {cron!r} fires less than once in 8 years after {after:%Y-%m-%d}"
+        )
+    return slot
 
 
 def due_slot(

@@ -1,0 +1,149 @@
+"""Real processes for the tests: Celery workers and demo MCP servers on loopback.
+
+Every wait is bounded; every process is stopped (and reaped) by its fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Proc:
+    """A child process with its combined output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    _log: IO[bytes] = field(repr=False)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Send `sig` and wait for the exit (then SIGKILL the group if it does not come)."""
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(sig)
+                return self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                return self.popen.wait(timeout=10)
+            finally:
+                self._log.close()
+        self._log.close()
+        return int(self.popen.returncode)
+
+    def kill_group(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+
+def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("ab")
+    popen = subprocess.Popen(
+        argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    return Proc(name=name, popen=popen, log_path=log_path, _log=log)
+
+
+def start_demo_server(
+    transport: str, log_dir: Path, *, token: str | None = None, test_tools: bool = True, env: Mapping[str, str] | None = None
+) -> tuple[Proc, str]:
+    """Start the bundled demo server over HTTP (`sse` or `streamable-http`); returns it and its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "worker.demo_server", "--transport", transport, "--port", str(port)]
+    if token:
+        argv += ["--token", token]
+    if test_tools:
+        argv.append("--test-tools")
+    proc = spawn(f"demo-{transport}-{port}", argv, env or os.environ, log_dir)
+    try:
+        wait_until(lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server on port {port}")
+    except AssertionError:
+        proc.kill_group()
+        raise
+    if not proc.alive():
+        raise AssertionError(f"demo server exited early:\n{proc.log()}")
+    path = "/sse" if transport == "sse" else "/mcp"
+    return proc, f"http://127.0.0.1:{port}{path}"
+
+
+def start_worker(
+    name: str,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    queues: str = "mcp.tools,mcp.reports,mcp.schedule",
+    concurrency: int = 2,
+    pool: str = "prefork",
+    extra: list[str] | None = None,
+) -> Proc:
+    """Start `celery -A worker worker` and wait until it answers a ping."""
+    from worker.celery import app
+
+    hostname = f"{name}@{socket.gethostname()}"
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", hostname, "-Q", queues,
+        "-c", str(concurrency), "-P", pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        *(extra or []),
+    ]
+    proc = spawn(name, argv, env or os.environ, log_dir)
+
+    def answered() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"worker {name} exited early:\n{proc.log()[-4000:]}")
+        replies = app.control.ping(destination=[hostname], timeout=0.5)
+        return any(hostname in reply for reply in replies or [])
+
+    try:
+        wait_until(answered, START_TIMEOUT_S, f"worker {hostname} to answer a ping", interval=0.2)
+    except AssertionError:
+        proc.kill_group()
+        raise
+    proc.name = hostname
+    return proc

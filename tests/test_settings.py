@@ -1,0 +1,57 @@
+"""Settings from the environment: defaults, the seed's names, and clear errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigurationError
+from worker.settings import Settings
+
+
+def test_embedded_defaults_use_one_data_folder(tmp_path: Path) -> None:
+    settings = Settings.from_env({"MCP_DATA_DIR": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'mcp-worker.sqlite3'}"
+    assert settings.broker_url == "filesystem://" and settings.broker_is_embedded
+    assert settings.result_backend == f"file://{tmp_path / 'results'}"
+    assert (settings.db_pool_size, settings.db_max_overflow, settings.db_pool_pre_ping, settings.db_nullpool) == (
+        20, 30, True, False,
+    )
+
+
+def test_seed_asyncpg_url_maps_to_psycopg2_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="worker.settings"):
+        settings = Settings.from_env({"DATABASE_URL": "postgresql+asyncpg://username:password@localhost:5432/mcp_db"})
+    assert settings.database_url == "postgresql+psycopg2://username:password@localhost:5432/mcp_db"
+    assert "synchronous postgresql+psycopg2 driver" in caplog.text
+    assert "password" not in caplog.text
+
+
+def test_pool_options_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "0", "DB_POOL_PRE_PING": "false", "DB_NULLPOOL": "true"}
+    )
+    assert (settings.db_pool_size, settings.db_max_overflow, settings.db_pool_pre_ping, settings.db_nullpool) == (
+        5, 0, False, True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DB_POOL_SIZE": "many"}, "DB_POOL_SIZE must be an integer"),
+        ({"DEVELOPMENT_MODE": "perhaps"}, "DEVELOPMENT_MODE must be true or false"),
+        ({"MCP_CALL_TIMEOUT": "-1"}, "MCP_CALL_TIMEOUT must be positive"),
+        ({"MCP_TASK_SOFT_TIME_LIMIT": "10", "MCP_CALL_TIMEOUT": "60"}, "must exceed"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ],
+)
+def test_bad_values_are_clear_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env(env)
+
+
+def test_openai_key_is_not_in_repr() -> None:
+    assert "sk-test-123" not in repr(Settings.from_env({"OPENAI_API_KEY": "sk-test-123"}))
