@@ -7,6 +7,7 @@ only, and result expiry. Each value that differs from Celery's default says why.
 
 from __future__ import annotations
 
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from worker.settings import get_settings
@@ -69,6 +70,14 @@ task_routes = {
     "mcp.*": {"queue": "mcp.schedule", "routing_key": "mcp.schedule"},
 }
 
-beat_schedule: dict[str, dict[str, object]] = {}
+beat_schedule: dict[str, dict[str, object]] = {
+    "dispatch-due-reports": {
+        "task": "mcp.dispatch_due_reports",
+        "schedule": crontab(minute="*"),
+        # A tick older than a minute is stale: the next one does its work.
+        "options": {"queue": "mcp.schedule", "expires": 55},
+    },
+}
+beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
 timezone = "UTC"
 enable_utc = True

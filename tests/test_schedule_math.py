@@ -340,7 +340,16 @@ crons = st.builds(
     st.sampled_from(["*", "1", "0", "1-5", "sat,sun"]),
 )
 zones = st.sampled_from(
-    ["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "America/Havana"]
+    [
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Asia/Kolkata",
+        "America/Havana",
+        "America/Santiago",
+        "Pacific/Apia",
+    ]
 )
 instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC)
@@ -418,10 +427,10 @@ def _brute_slots(cron: str, tz: str, first: date, days: int) -> list[datetime]:
 
 
 @pytest.mark.parametrize("tz", ["Europe/Berlin", "Australia/Lord_Howe", "America/Havana", "America/Santiago"])
-@pytest.mark.parametrize("cron", ["*/10 * * * *", "30 2 * * *", "15,45 0,1,23 * * *", "0 * * * 0"])
+@pytest.mark.parametrize("cron", ["7,37 * * * *", "30 2 * * *", "15,45 0,1,23 * * *", "0 * * * 0"])
 def test_slot_chain_matches_brute_force_around_every_transition(tz: str, cron: str) -> None:
     for day in _transition_days(tz, 2026):
-        expected = _brute_slots(cron, tz, day - timedelta(days=2), 5)
+        expected = _brute_slots(cron, tz, day - timedelta(days=1), 3)
         inner = expected[1:-1]  # the window's edges are incomplete: other days' shifts may land there
         got = [inner[0]]
         while got[-1] < inner[-1]:

@@ -13,7 +13,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from worker.settings import get_settings
-from worker.validation import validate_tool_request
+from worker.validation import validate_report_request, validate_tool_request
 
 EXECUTE_TOOL = "mcp.execute_tool"
 GENERATE_REPORT = "mcp.generate_report"
@@ -52,4 +52,32 @@ def submit_tool(
         kwargs={"user_id": user, "service": desc, "tool": name, "arguments": args},
         task_id=task_id,
         queue="mcp.tools",
+    )
+
+
+def submit_report(
+    user_id: str,
+    service: str,
+    template: str | None = None,
+    period: str | None = None,
+    refine: bool | None = None,
+    *,
+    task_id: str | None = None,
+    app: Celery | None = None,
+) -> AsyncResult:
+    """Enqueue `mcp.generate_report` and return its AsyncResult (the same task id twice: one report).
+
+    Raises:
+        InvalidArguments: a field is missing or malformed (nothing is sent).
+        kombu.exceptions.OperationalError: the broker could not be reached (nothing is sent).
+    """
+    user, desc, _, _ = validate_tool_request(
+        user_id, service, "report", {}, max_argument_bytes=get_settings().max_argument_bytes
+    )
+    validate_report_request(template, period, refine)
+    return _app(app).send_task(
+        GENERATE_REPORT,
+        kwargs={"user_id": user, "service": desc, "template": template, "period": period, "refine": refine},
+        task_id=task_id,
+        queue="mcp.reports",
     )

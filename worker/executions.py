@@ -130,9 +130,20 @@ def succeed(session: Session, task_id: str, *, result: Any, elapsed_ms: int, par
 
 
 def fail(
-    session: Session, task_id: str, *, message: str, elapsed_ms: int | None, final: bool, params: Any = None
+    session: Session,
+    task_id: str,
+    *,
+    message: str,
+    elapsed_ms: int | None,
+    final: bool,
+    params: Any = None,
+    override_success: bool = False,
 ) -> None:
-    """Mark the row `error` (final) or `retrying` with a one-line message."""
+    """Mark the row `error` (final) or `retrying` with a one-line message.
+
+    A row that already says `success` is left alone unless `override_success` (a report whose
+    data call succeeded but whose template then failed).
+    """
     values: dict[str, Any] = {
         "status": (Status.ERROR if final else Status.RETRYING).value,
         "error_message": " ".join(message.split())[:ERROR_MESSAGE_MAX],
@@ -141,11 +152,12 @@ def fail(
     }
     if params is not None:
         values["params"] = params
-    session.execute(
-        sa.update(McpExecution)
-        .where(McpExecution.task_id == task_id, McpExecution.status != Status.SUCCESS.value)
-        .values(**values)
-    )
+    if elapsed_ms is None:
+        del values["execution_time_ms"]
+    query = sa.update(McpExecution).where(McpExecution.task_id == task_id)
+    if not override_success:
+        query = query.where(McpExecution.status != Status.SUCCESS.value)
+    session.execute(query.values(**values))
 
 
 def get(session: Session, task_id: str) -> McpExecution | None:

@@ -130,5 +130,34 @@ class McpReport(Base):
     execution_id: Mapped[int | None] = mapped_column(
         sa.Integer, sa.ForeignKey("mcp_executions.id", ondelete="SET NULL", name="fk_mcp_reports_execution")
     )
-    schedule_id: Mapped[int | None] = mapped_column(sa.Integer)
+    schedule_id: Mapped[int | None] = mapped_column(
+        sa.Integer,
+        sa.ForeignKey("mcp_report_schedules.id", ondelete="SET NULL", name="fk_mcp_reports_schedule"),
+    )
     created_at: Mapped[datetime | None] = _created()
+
+
+class McpReportSchedule(Base):
+    """A user's recurring report: which service and template, when (cron, time zone), and how
+    it has been going (last slot run, consecutive failures)."""
+
+    __tablename__ = "mcp_report_schedules"
+    __table_args__ = (
+        sa.Index("idx_mcp_report_schedules_due", "enabled", "next_run_at"),
+        sa.Index("idx_mcp_report_schedules_user_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(sa.String(50), nullable=False)
+    service: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    template: Mapped[str | None] = mapped_column(sa.String(100))
+    cron: Mapped[str] = mapped_column(sa.String(100), nullable=False, server_default=sa.text("'0 8 * * 1'"))
+    timezone: Mapped[str] = mapped_column(sa.String(64), nullable=False, server_default=sa.text("'UTC'"))
+    refine: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.true())
+    last_slot: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    next_run_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    consecutive_failures: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
+    disabled_reason: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime | None] = _created()
+    updated_at: Mapped[datetime | None] = _updated()

@@ -56,3 +56,58 @@ def execute_tool(
         final_attempt=_final_attempt(self),
     )
     return outcome.summary()
+
+
+@app.task(
+    name="mcp.generate_report",
+    bind=True,
+    queue="mcp.reports",
+    autoretry_for=(TransientError,),
+    retry_backoff=RETRY_BACKOFF_S,
+    retry_backoff_max=RETRY_BACKOFF_MAX_S,
+    retry_jitter=True,
+    max_retries=_settings.max_retries,
+    soft_time_limit=_settings.report_soft_time_limit,
+    time_limit=_settings.report_time_limit,
+    acks_late=True,
+)
+def generate_report(
+    self: Task,
+    user_id: str,
+    service: str,
+    template: str | None = None,
+    period: str | None = None,
+    refine: bool | None = None,
+    schedule_id: int | None = None,
+) -> dict[str, Any]:
+    """Render (and optionally refine) the user's weekly report; returns the report id."""
+    from worker.reports.job import generate_report as run_report
+
+    outcome = run_report(
+        task_id=self.request.id,
+        user_id=user_id,
+        service=service,
+        template=template,
+        period=period,
+        refine=refine,
+        schedule_id=schedule_id,
+        final_attempt=_final_attempt(self),
+    )
+    return outcome.summary()
+
+
+@app.task(
+    name="mcp.dispatch_due_reports",
+    queue="mcp.schedule",
+    soft_time_limit=50,
+    time_limit=55,
+    # A tick that could not finish is simply superseded by the next one a minute later.
+    acks_late=False,
+    ignore_result=True,
+)
+def dispatch_due_reports() -> dict[str, Any]:
+    """Beat's every-minute tick: enqueue the report of every schedule whose slot has come."""
+    from worker.scheduling import dispatch_due
+
+    dispatched = dispatch_due()
+    return {"dispatched": [d.task_id for d in dispatched]}

@@ -6,6 +6,7 @@ A request that fails here is refused before anything is written or enqueued.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,8 @@ from worker.errors import InvalidArguments
 from worker.registry import DESC_MAX, USER_ID_MAX
 
 TOOL_NAME_MAX = 255
+TEMPLATE_NAME_MAX = 100
+PERIOD = re.compile(r"^\d{4}-W(0[1-9]|[1-4]\d|5[0-3])$")
 
 
 def _name(value: object, what: str, max_len: int) -> str:
@@ -59,3 +62,20 @@ def validate_arguments(arguments: object, *, max_argument_bytes: int) -> dict[st
             f"arguments are {size} bytes, over MCP_MAX_ARGUMENT_BYTES ({max_argument_bytes})"
         )
     return dict(arguments)
+
+
+def validate_report_request(
+    template: object, period: object, refine: object
+) -> tuple[str | None, str | None, bool | None]:
+    """Check the optional report fields.
+
+    Raises:
+        InvalidArguments: a field has the wrong type or form.
+    """
+    if template is not None and (not isinstance(template, str) or not template or len(template) > TEMPLATE_NAME_MAX):
+        raise InvalidArguments(f"template must be a template name of at most {TEMPLATE_NAME_MAX} characters")
+    if period is not None and (not isinstance(period, str) or not PERIOD.match(period)):
+        raise InvalidArguments(f"period must be an ISO week such as 2026-W47, got {period!r}")
+    if refine is not None and not isinstance(refine, bool):
+        raise InvalidArguments(f"refine must be true, false or null, got {refine!r}")
+    return template, period, refine

@@ -1,0 +1,267 @@
+"""How to reach one service's MCP server: one async context manager per transport.
+
+Each of `stdio_transport`, `sse_transport` and `streamable_http_transport` takes the same three
+arguments and yields the SDK's `(read, write)` streams, owning whatever it opened for them (a
+child process and its stderr pipe, an `httpx2.AsyncClient`); `open_client` wraps the right one in
+an `mcp.Client`. A `Probe` records what the SDK does not report, so errors can be classified:
+the last HTTP error status, output that was not JSON-RPC, the tail of a stdio child's stderr.
+
+Credentials travel as headers (HTTP) or environment variables (stdio), never on a command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import shlex
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client._transport import TransportStreams
+from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE, streamable_http_client
+from mcp_types import Implementation
+
+from worker.errors import CommandNotAllowed, InvalidService
+from worker.registry import ServiceConfig
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+stderr_logger = logging.getLogger("worker.mcp.stderr")
+
+# Slack on top of the call timeout for httpx reads: the SDK's own request timeout must fire first,
+# because an httpx ReadTimeout inside a streamable HTTP POST tears down the whole session.
+HTTP_READ_SLACK = 5.0
+# How long an idle SSE stream may stay silent before the client drops it; servers ping every
+# ~15 s, so only a dead connection reaches this, and the next call reopens the session.
+SSE_IDLE_READ_TIMEOUT = 120.0
+# Time for a stdio child's last stderr lines to arrive after its session closed.
+STDERR_DRAIN_TIMEOUT = 0.5
+# Lines of a stdio child's stderr kept to explain its death in an error message.
+STDERR_TAIL_LINES = 20
+# Longest stderr line logged or kept; a server dumping a blob must not flood the worker's logs.
+STDERR_LINE_MAX = 1000
+# Streamable HTTP responses sent as one SSE event may be this large (the SDK default is 1 MiB).
+MAX_SSE_EVENT_FLOOR = DEFAULT_MAX_SSE_EVENT_SIZE
+
+CLIENT_INFO = Implementation(name="mcp-worker", version="0.1.0")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The limits for one service: settings' defaults, overridden by `params`/`auth` keys."""
+
+    connect: float
+    call: float
+
+
+def timeouts_for(config: ServiceConfig, settings: Settings) -> Timeouts:
+    """`connect_timeout`/`call_timeout` from the service's params or auth, else from settings."""
+
+    def pick(key: str, default: float) -> float:
+        for source in (config.params, config.auth):
+            value = source.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                return float(value)
+        return default
+
+    return Timeouts(pick("connect_timeout", settings.connect_timeout), pick("call_timeout", settings.call_timeout))
+
+
+@dataclass
+class Probe:
+    """What one session's transport saw that the SDK does not hand back."""
+
+    label: str
+    http_status: int | None = None
+    stream_error: str | None = None
+    stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
+    spawned: bool = False
+
+    async def on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            # Only the type: the text of a parse error quotes the server's output.
+            self.stream_error = type(message).__name__
+
+    async def on_response(self, response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            self.http_status = response.status_code
+
+    def last_stderr(self) -> str | None:
+        return next((line for line in reversed(self.stderr_tail) if line.strip()), None)
+
+
+def stdio_command(config: ServiceConfig, settings: Settings) -> list[str]:
+    """The argv a stdio service runs: its url split like a shell would, else the default command.
+
+    Raises:
+        InvalidService: no command at all, or a url that does not parse.
+        CommandNotAllowed: the executable is not in MCP_STDIO_ALLOWED_COMMANDS.
+    """
+    try:
+        argv = shlex.split(config.url) if config.url else list(settings.stdio_default_command)
+    except ValueError as exc:
+        raise InvalidService(f"stdio command line of {config.desc!r} does not parse: {exc}") from None
+    if not argv:
+        raise InvalidService(f"service {config.desc!r} has no command; set its url or MCP_STDIO_DEFAULT_COMMAND")
+    executable = argv[0]
+    allowed = settings.stdio_allowed_commands
+    if executable not in allowed and os.path.basename(executable) not in allowed:
+        raise CommandNotAllowed(
+            f"stdio command {executable!r} is not allowed; add it to MCP_STDIO_ALLOWED_COMMANDS to run it"
+        )
+    return argv
+
+
+def stdio_environment(config: ServiceConfig) -> dict[str, str]:
+    """Variables for a stdio child (on top of the SDK's safe defaults such as PATH and HOME)."""
+    sending_key = config.auth_type != "none"
+    env = {"MCP_SERVICE_ENDPOINT": config.endpoint or ""}
+    if sending_key:
+        env["MCP_SERVICE_API_KEY"] = config.api_key
+    aliases = {"$api_key": config.api_key if sending_key else "", "$endpoint": config.endpoint or ""}
+    for name, value in dict(config.auth.get("env") or {}).items():
+        env[str(name)] = aliases.get(str(value), str(value))
+    return env
+
+
+def auth_headers(config: ServiceConfig) -> dict[str, str]:
+    """`Authorization: Bearer <key>`, or the key in the header `auth.header` names; none for type none."""
+    if config.auth_type == "none" or not config.api_key:
+        return {}
+    header = str(config.auth.get("header") or "Authorization")
+    if header.lower() == "authorization":
+        return {"Authorization": f"Bearer {config.api_key}"}
+    return {header: config.api_key}
+
+
+def _http_timeout(timeouts: Timeouts, read: float) -> httpx2.Timeout:
+    return httpx2.Timeout(timeouts.connect, read=read, write=timeouts.connect, pool=timeouts.connect)
+
+
+async def _drain_stderr(fd: int, probe: Probe, done: anyio.Event) -> None:
+    """Log a child's stderr at DEBUG under `worker.mcp.stderr` and keep its tail for error messages."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    pending = b""
+    try:
+        while chunk := await reader.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            pending = pending[-STDERR_LINE_MAX:]
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip()[:STDERR_LINE_MAX]
+                probe.stderr_tail.append(line)
+                stderr_logger.debug("[%s] %s", probe.label, line)
+    finally:
+        transport.close()
+        done.set()
+
+
+@asynccontextmanager
+async def stdio_transport(config: ServiceConfig, settings: Settings, probe: Probe) -> AsyncIterator[TransportStreams]:
+    """Start the service's command as a child and talk MCP over its stdin/stdout."""
+    argv = stdio_command(config, settings)
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env=stdio_environment(config))
+    read_fd, write_fd = os.pipe()
+    errlog = os.fdopen(write_fd, "w")
+    drained = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain_stderr, read_fd, probe, drained)
+            try:
+                async with stdio_client(params, errlog=errlog) as streams:
+                    # The child holds its own copy; ours would keep the pipe open after it exits.
+                    errlog.close()
+                    probe.spawned = True
+                    yield streams
+            finally:
+                errlog.close()
+                with anyio.move_on_after(STDERR_DRAIN_TIMEOUT, shield=True):
+                    await drained.wait()
+                tg.cancel_scope.cancel()
+    finally:
+        errlog.close()
+
+
+def _client_factory(probe: Probe) -> Callable[..., httpx2.AsyncClient]:
+    def factory(
+        headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: httpx2.Auth | None = None
+    ) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(
+            headers=headers, timeout=timeout, auth=auth, event_hooks={"response": [probe.on_response]}
+        )
+
+    return factory
+
+
+@asynccontextmanager
+async def sse_transport(config: ServiceConfig, settings: Settings, probe: Probe) -> AsyncIterator[TransportStreams]:
+    """Connect to a (legacy) HTTP+SSE server: a GET event stream plus POSTed messages."""
+    timeouts = timeouts_for(config, settings)
+    assert config.url is not None
+    async with sse_client(
+        config.url,
+        headers=auth_headers(config),
+        timeout=timeouts.connect,
+        sse_read_timeout=max(SSE_IDLE_READ_TIMEOUT, timeouts.call + HTTP_READ_SLACK),
+        httpx_client_factory=_client_factory(probe),
+    ) as streams:
+        yield streams
+
+
+@asynccontextmanager
+async def streamable_http_transport(
+    config: ServiceConfig, settings: Settings, probe: Probe
+) -> AsyncIterator[TransportStreams]:
+    """Connect to a streamable HTTP server with one `httpx2.AsyncClient` for the session's life."""
+    timeouts = timeouts_for(config, settings)
+    assert config.url is not None
+    http = _client_factory(probe)(
+        headers=auth_headers(config), timeout=_http_timeout(timeouts, timeouts.call + HTTP_READ_SLACK)
+    )
+    async with http:
+        max_event = max(MAX_SSE_EVENT_FLOOR, 2 * settings.max_result_bytes)
+        async with streamable_http_client(config.url, http_client=http, max_sse_event_size=max_event) as streams:
+            yield streams
+
+
+TransportFactory = Callable[[ServiceConfig, Settings, Probe], AbstractAsyncContextManager[TransportStreams]]
+TRANSPORTS: dict[str, TransportFactory] = {
+    "stdio": stdio_transport,
+    "sse": sse_transport,
+    "streamable_http": streamable_http_transport,
+}
+
+
+def target_of(config: ServiceConfig, settings: Settings) -> str:
+    """What a session connects to: the URL, or the command line and the endpoint it is given."""
+    if config.mode == "stdio":
+        return shlex.join(stdio_command(config, settings)) + f" @ {config.endpoint or ''}"
+    return config.url or ""
+
+
+def open_client(config: ServiceConfig, settings: Settings, probe: Probe) -> Client:
+    """An un-entered `mcp.Client` for the service; entering it connects and handshakes.
+
+    Raises:
+        CommandNotAllowed, InvalidService: a stdio command that may not or cannot run.
+    """
+    if config.mode == "stdio":
+        stdio_command(config, settings)  # refuse before anything is spawned
+    transport = TRANSPORTS[config.mode](config, settings, probe)
+    return Client(
+        transport,
+        read_timeout_seconds=timeouts_for(config, settings).call,
+        client_info=CLIENT_INFO,
+        message_handler=probe.on_message,
+    )
