@@ -20,6 +20,10 @@ broker_connection_retry_on_startup = True
 
 if _settings.broker_is_embedded:
     _broker = _settings.data_dir / "broker"
+    # The file transport and the file result backend need their folders to exist.
+    for _folder in ("out", "control", "processed"):
+        (_broker / _folder).mkdir(parents=True, exist_ok=True)
+    (_settings.data_dir / "results").mkdir(parents=True, exist_ok=True)
     broker_transport_options = {
         "data_folder_in": str(_broker / "out"),
         "data_folder_out": str(_broker / "out"),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from worker.errors import WorkerError
 
-COMMAND_MODULES = ("db", "services", "calls", "reports", "servers")
+COMMAND_MODULES = ("db", "services", "calls", "reports", "schedules", "run", "servers")
 
 
 def build_parser() -> argparse.ArgumentParser:

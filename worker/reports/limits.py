@@ -30,8 +30,8 @@ MAX_OUTPUT_CHARS = 1_000_000
 MAX_VALUE_LENGTH = 1_000_000
 # Loops over report data iterate the data; range() is only for small tables and padding.
 MAX_RANGE_ITEMS = 10_000
-# Loop iterations plus calls in one render: a big report needs tens of thousands, a bomb billions.
-MAX_RENDER_STEPS = 500_000
+# Loop iterations plus calls in one render: a 10,000-item report needs tens of thousands, a bomb billions.
+MAX_RENDER_STEPS = 200_000
 # Wall-clock backstop for work the step count cannot see (sorting or joining big lists in C).
 MAX_RENDER_SECONDS = 10.0
 # Macro and recursive-loop nesting; stays far below Python's own recursion limit (~1000 frames).
