@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import anyio
 from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
 
 from worker.errors import ServerTimeout
 from worker.mcp.outcome import classify, session_is_dead
@@ -60,11 +62,13 @@ def describe(config: ServiceConfig) -> str:
 class Session:
     """One MCP session and the task that owns it."""
 
-    def __init__(self, key: Key, config: ServiceConfig, settings: Settings) -> None:
+    def __init__(
+        self, key: Key, config: ServiceConfig, settings: Settings, on_spawn: Callable[[], None] | None = None
+    ) -> None:
         self.key = key
         self.where = describe(config)
         self.secrets = config.secrets()
-        self.probe = Probe(label=config.desc)
+        self.probe = Probe(label=config.desc, on_spawn=on_spawn)
         self.idle_ttl = settings.session_idle_ttl
         self.client: Client | None = None
         self.failure: BaseException | None = None
@@ -116,10 +120,8 @@ class Session:
             self.in_flight -= 1
             self.last_used = time.monotonic()
 
-    def _closed_error(self) -> BaseException:
-        from mcp.shared.exceptions import MCPError
-        from mcp_types import CONNECTION_CLOSED
-
+    @staticmethod
+    def _closed_error() -> MCPError:
         return MCPError(code=CONNECTION_CLOSED, message="Connection closed")
 
     async def close(self, timeout: float = SESSION_CLOSE_TIMEOUT) -> None:
@@ -142,6 +144,7 @@ class Pool:
         self.opened = 0
         self.spawned = 0
         self.retries = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     def stats(self) -> dict[str, int]:
         live = [s for s in self.sessions.values() if s.client is not None]
@@ -153,6 +156,9 @@ class Pool:
             "in_flight": sum(s.in_flight for s in self.sessions.values()),
             "retries": self.retries,
         }
+
+    def _count_spawn(self) -> None:
+        self.spawned += 1
 
     def _drop(self, session: Session) -> None:
         if self.sessions.get(session.key) is session:
@@ -167,7 +173,7 @@ class Pool:
         if session is None or not session.usable:
             if session is not None:
                 self._drop(session)
-            session = Session(key, config, settings)
+            session = Session(key, config, settings, on_spawn=self._count_spawn)
             self.sessions[key] = session
             self.opened += 1
         wait = max(0.0, min(timeouts.connect, deadline - self.loop.time()))
@@ -175,14 +181,13 @@ class Pool:
             await asyncio.wait_for(asyncio.shield(session.ready), wait)
         except TimeoutError:
             self._drop(session)
-            asyncio.ensure_future(session.close(0))
+            task = self.loop.create_task(session.close(0))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             raise ServerTimeout(
                 f"{session.where} did not complete the MCP handshake within {wait:.0f}s; raise connect_timeout"
                 + ("" if not session.probe.stream_error else " (it wrote output that is not JSON-RPC)")
             ) from None
-        if session.probe.spawned and session.key[0] == "stdio" and not getattr(session, "_counted", False):
-            session._counted = True  # type: ignore[attr-defined]
-            self.spawned += 1
         if session.client is None:
             self._drop(session)
             raise classify(session.failure or session._closed_error(), session.where, session.probe, session.secrets)
@@ -195,7 +200,7 @@ class Pool:
             WorkerError: the classified failure (see `worker.mcp.outcome.classify`).
         """
         timeouts = timeouts_for(config, settings)
-        key: Key = (config.mode, target_of(config, settings), config.credential_hash(), *astuple(timeouts))
+        key: Key = (config.mode, target_of(config, settings), config.credential_hash(), timeouts.connect, timeouts.call)
         deadline = self.loop.time() + timeouts.connect + timeouts.call
         limit = self.limits.setdefault(key, asyncio.Semaphore(settings.max_concurrency_per_service))
         try:
@@ -230,12 +235,10 @@ class Pool:
         """Close every session (reaping stdio children), concurrently."""
         sessions = list(self.sessions.values())
         self.sessions.clear()
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=SESSION_CLOSE_TIMEOUT)
         if sessions:
             await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-
-
-def astuple(timeouts: Timeouts) -> tuple[float, float]:
-    return (timeouts.connect, timeouts.call)
 
 
 _pool: Pool | None = None

@@ -84,6 +84,7 @@ class Probe:
     http_status: int | None = None
     stream_error: str | None = None
     stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
+    on_spawn: Callable[[], None] | None = None
     spawned: bool = False
 
     async def on_message(self, message: Any) -> None:
@@ -94,6 +95,11 @@ class Probe:
     async def on_response(self, response: httpx2.Response) -> None:
         if response.status_code >= 400:
             self.http_status = response.status_code
+
+    def mark_spawned(self) -> None:
+        self.spawned = True
+        if self.on_spawn is not None:
+            self.on_spawn()
 
     def last_stderr(self) -> str | None:
         return next((line for line in reversed(self.stderr_tail) if line.strip()), None)
@@ -182,7 +188,7 @@ async def stdio_transport(config: ServiceConfig, settings: Settings, probe: Prob
                 async with stdio_client(params, errlog=errlog) as streams:
                     # The child holds its own copy; ours would keep the pipe open after it exits.
                     errlog.close()
-                    probe.spawned = True
+                    probe.mark_spawned()
                     yield streams
             finally:
                 errlog.close()

@@ -91,7 +91,7 @@ def bundled_template(name: str) -> str | None:
 
 @functools.cache
 def _read_bundled(name: str) -> str:
-    return resources.files("worker.reports").joinpath("templates", name).read_text(encoding="utf-8")
+    return (resources.files("worker.reports") / "templates" / name).read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=_COMPILED_CACHE_SIZE)
