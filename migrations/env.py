@@ -46,7 +46,9 @@ def run_migrations_online() -> None:
     try:
         with engine.connect() as conn:
             context.configure(
-                connection=conn, target_metadata=target_metadata, render_as_batch=conn.dialect.name == "sqlite"
+                connection=conn,
+                target_metadata=target_metadata,
+                render_as_batch=conn.dialect.name == "sqlite",
             )
             with context.begin_transaction():
                 context.run_migrations()

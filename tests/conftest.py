@@ -74,7 +74,9 @@ def _fail(message: str) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     try:
-        admin = sa.create_engine(_pg_url(sa.make_url(ADMIN_DB_URL).database or "postgres"), isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(
+            _pg_url(sa.make_url(ADMIN_DB_URL).database or "postgres"), isolation_level="AUTOCOMMIT"
+        )
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{TEST_DB_NAME}"'))
         admin.dispose()
@@ -89,7 +91,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
         redis.Redis.from_url(BROKER_URL, socket_connect_timeout=3).ping()
     except Exception as exc:
-        _fail(f"Redis is not reachable at {BROKER_URL} ({type(exc).__name__}: {exc}). Start Redis or set REDIS_URL.")
+        _fail(
+            f"Redis is not reachable at {BROKER_URL} ({type(exc).__name__}: {exc}). Start Redis or set REDIS_URL."
+        )
 
     from worker import schema
 
@@ -157,3 +161,40 @@ def redis_flushed() -> Iterator[None]:
     yield
     client.flushdb()
     client.close()
+
+
+LOG_DIR = DATA_DIR / "logs"
+DEMO_HTTP_TOKEN = "http-demo-token-0001"
+DEMO_SSE_TOKEN = "sse-demo-token-0002"
+
+
+@pytest.fixture(scope="session")
+def demo_http() -> Iterator[str]:
+    """The demo server over streamable HTTP, requiring DEMO_HTTP_TOKEN; yields its URL."""
+    from processes import start_demo_server
+
+    proc, url = start_demo_server("streamable-http", LOG_DIR, token=DEMO_HTTP_TOKEN)
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_sse() -> Iterator[str]:
+    """The demo server over SSE, requiring DEMO_SSE_TOKEN; yields its URL."""
+    from processes import start_demo_server
+
+    proc, url = start_demo_server("sse", LOG_DIR, token=DEMO_SSE_TOKEN)
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_proc() -> Iterator[object]:
+    """One real Celery worker (prefork, 2 processes) on the test Redis and Postgres."""
+    import redis
+    from processes import start_worker
+
+    redis.Redis.from_url(BROKER_URL).flushdb()
+    proc = start_worker(f"tests-{RUN_ID}", LOG_DIR)
+    yield proc
+    proc.stop()

@@ -86,13 +86,23 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> 
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
     popen = subprocess.Popen(
-        argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        argv,
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     return Proc(name=name, popen=popen, log_path=log_path, _log=log)
 
 
 def start_demo_server(
-    transport: str, log_dir: Path, *, token: str | None = None, test_tools: bool = True, env: Mapping[str, str] | None = None
+    transport: str,
+    log_dir: Path,
+    *,
+    token: str | None = None,
+    test_tools: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[Proc, str]:
     """Start the bundled demo server over HTTP (`sse` or `streamable-http`); returns it and its URL."""
     port = free_port()
@@ -103,7 +113,9 @@ def start_demo_server(
         argv.append("--test-tools")
     proc = spawn(f"demo-{transport}-{port}", argv, env or os.environ, log_dir)
     try:
-        wait_until(lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server on port {port}")
+        wait_until(
+            lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server on port {port}"
+        )
     except AssertionError:
         proc.kill_group()
         raise
@@ -128,8 +140,24 @@ def start_worker(
 
     hostname = f"{name}@{socket.gethostname()}"
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", hostname, "-Q", queues,
-        "-c", str(concurrency), "-P", pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "-n",
+        hostname,
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
         *(extra or []),
     ]
     proc = spawn(name, argv, env or os.environ, log_dir)

@@ -73,16 +73,42 @@ def test_db_upgrade_sample_data_and_masked_listing(fresh_db_env: dict[str, str])
 def test_services_add_reads_the_key_from_stdin_and_rejects_bad_modes(fresh_db_env: dict[str, str]) -> None:
     assert run(fresh_db_env, "db", "upgrade").returncode == 0
     added = run(
-        fresh_db_env, "services", "add", "--user", "alice", "--desc", "pm", "--mode", "http",
-        "--url", "http://127.0.0.1:8000/mcp", "--api-key-file", "-", "--auth", '{"type": "api_key", "header": "X-API-Key"}',
+        fresh_db_env,
+        "services",
+        "add",
+        "--user",
+        "alice",
+        "--desc",
+        "pm",
+        "--mode",
+        "http",
+        "--url",
+        "http://127.0.0.1:8000/mcp",
+        "--api-key-file",
+        "-",
+        "--auth",
+        '{"type": "api_key", "header": "X-API-Key"}',
         stdin="alice-very-secret-key\n",
     )
     assert added.returncode == 0, added.stderr
     assert "alice-very-secret-key" not in added.stdout
     assert json.loads(added.stdout)["interaction_mode"] == "streamable_http"
 
-    bad = run(fresh_db_env, "services", "add", "--user", "alice", "--desc", "x", "--mode", "telnet",
-              "--url", "http://127.0.0.1/", "--api-key-env", "HOME")
+    bad = run(
+        fresh_db_env,
+        "services",
+        "add",
+        "--user",
+        "alice",
+        "--desc",
+        "x",
+        "--mode",
+        "telnet",
+        "--url",
+        "http://127.0.0.1/",
+        "--api-key-env",
+        "HOME",
+    )
     assert bad.returncode == 1 and "interaction_mode 'telnet' is not supported" in bad.stderr
 
     removed = run(fresh_db_env, "services", "remove", "alice", "pm")

@@ -28,8 +28,13 @@ def test_a_users_own_row_shadows_the_global_one(db_session: Session) -> None:
     load_sample_data(db_session)
     save_service(
         db_session,
-        {"user_id": "user3", "desc": "openproject_weekly_report", "interaction_mode": "http",
-         "url": "http://127.0.0.1:9/mcp", "api_key": "user3-secret-key"},
+        {
+            "user_id": "user3",
+            "desc": "openproject_weekly_report",
+            "interaction_mode": "http",
+            "url": "http://127.0.0.1:9/mcp",
+            "api_key": "user3-secret-key",
+        },
     )
     assert resolve("user3", "openproject_weekly_report", db_session).user_id == "user3"
     assert resolve("user1", "openproject_weekly_report", db_session).user_id == "global"
@@ -45,11 +50,22 @@ def test_sample_data_is_idempotent(db_session: Session) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "canonical"),
-    [("stdio", "stdio"), ("sse", "sse"), ("streamable_http", "streamable_http"),
-     ("streamful_http", "streamable_http"), ("http", "streamable_http")],
+    [
+        ("stdio", "stdio"),
+        ("sse", "sse"),
+        ("streamable_http", "streamable_http"),
+        ("streamful_http", "streamable_http"),
+        ("http", "streamable_http"),
+    ],
 )
 def test_mode_aliases(mode: str, canonical: str) -> None:
-    record = {"user_id": "u", "desc": "d", "interaction_mode": mode, "url": "http://127.0.0.1:1/mcp", "api_key": "k"}
+    record = {
+        "user_id": "u",
+        "desc": "d",
+        "interaction_mode": mode,
+        "url": "http://127.0.0.1:1/mcp",
+        "api_key": "k",
+    }
     assert validate_record(record).mode == canonical
 
 
@@ -65,8 +81,16 @@ def test_mode_aliases(mode: str, canonical: str) -> None:
         ({"api_key": None}, "api_key"),
     ],
 )
-def test_bad_records_are_refused_when_saved(db_session: Session, change: dict[str, object], message: str) -> None:
-    record = {"user_id": "u", "desc": "d", "interaction_mode": "sse", "url": "http://127.0.0.1:1/sse", "api_key": "k"}
+def test_bad_records_are_refused_when_saved(
+    db_session: Session, change: dict[str, object], message: str
+) -> None:
+    record = {
+        "user_id": "u",
+        "desc": "d",
+        "interaction_mode": "sse",
+        "url": "http://127.0.0.1:1/sse",
+        "api_key": "k",
+    }
     with pytest.raises(InvalidService, match=message):
         save_service(db_session, {**record, **change})
     with pytest.raises(ServiceNotFound):
@@ -75,11 +99,28 @@ def test_bad_records_are_refused_when_saved(db_session: Session, change: dict[st
 
 def test_development_mode_reads_the_json_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "services.json"
-    path.write_text(json.dumps({
-        "global": [{"desc": "reports", "interaction_mode": "http", "url": "http://127.0.0.1:8000/mcp",
-                    "api_key": "$REPORTS_KEY"}],
-        "alice": [{"desc": "pm", "interaction_mode": "stdio", "url": "mcp-worker demo-server", "api_key": "${ALICE_KEY}"}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "global": [
+                    {
+                        "desc": "reports",
+                        "interaction_mode": "http",
+                        "url": "http://127.0.0.1:8000/mcp",
+                        "api_key": "$REPORTS_KEY",
+                    }
+                ],
+                "alice": [
+                    {
+                        "desc": "pm",
+                        "interaction_mode": "stdio",
+                        "url": "mcp-worker demo-server",
+                        "api_key": "${ALICE_KEY}",
+                    }
+                ],
+            }
+        )
+    )
     monkeypatch.setenv("REPORTS_KEY", "from-env-reports")
     monkeypatch.setenv("ALICE_KEY", "from-env-alice")
     monkeypatch.setenv("DEVELOPMENT_MODE", "true")
@@ -98,9 +139,19 @@ def test_development_mode_reads_the_json_file(tmp_path: Path, monkeypatch: pytes
 
 def test_list_format_of_the_dev_file(tmp_path: Path) -> None:
     path = tmp_path / "services.json"
-    path.write_text(json.dumps([
-        {"user_id": "global", "desc": "r", "interaction_mode": "sse", "url": "http://127.0.0.1:1/sse", "api_key": "k"}
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "user_id": "global",
+                    "desc": "r",
+                    "interaction_mode": "sse",
+                    "url": "http://127.0.0.1:1/sse",
+                    "api_key": "k",
+                }
+            ]
+        )
+    )
     assert [c.desc for c in load_config_file(path, Settings.from_env({}))] == ["r"]
 
 
@@ -110,11 +161,13 @@ def test_list_format_of_the_dev_file(tmp_path: Path) -> None:
         ("{not json", "not valid JSON"),
         ('[{"user_id": "u", "desc": "d", "interaction_mode": "carrier-pigeon", "api_key": "k"}]', "entry 0"),
         ('{"u": [{"desc": "d", "interaction_mode": "sse", "api_key": "k"}]}', "user 'u' entry 0"),
-        ('[1]', "entry 0 must be a JSON object"),
+        ("[1]", "entry 0 must be a JSON object"),
         ('"x"', "expected a list"),
     ],
 )
-def test_a_malformed_dev_file_names_the_file_and_the_entry(tmp_path: Path, content: str, message: str) -> None:
+def test_a_malformed_dev_file_names_the_file_and_the_entry(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(ConfigurationError, match=message) as info:
@@ -123,10 +176,16 @@ def test_a_malformed_dev_file_names_the_file_and_the_entry(tmp_path: Path, conte
 
 
 def test_public_dict_masks_secrets() -> None:
-    config = validate_record({
-        "user_id": "u", "desc": "d", "interaction_mode": "sse", "url": "http://127.0.0.1:1/sse",
-        "api_key": "super-secret-value-1234", "auth": {"type": "api_key", "value": "super-secret-value-1234"},
-    })
+    config = validate_record(
+        {
+            "user_id": "u",
+            "desc": "d",
+            "interaction_mode": "sse",
+            "url": "http://127.0.0.1:1/sse",
+            "api_key": "super-secret-value-1234",
+            "auth": {"type": "api_key", "value": "super-secret-value-1234"},
+        }
+    )
     text = json.dumps(config.public_dict())
     assert "super-secret-value" not in text and "1234" in text
     assert "super-secret" not in repr(config)

@@ -32,7 +32,8 @@ def utc(*args: int) -> datetime:
 
 
 def local(tz: str, *args: int, fold: int = 0) -> datetime:
-    return datetime(*args, tzinfo=ZoneInfo(tz), fold=fold)
+    """A wall time in `tz`, as UTC: aware datetimes sharing a tzinfo compare by wall time."""
+    return datetime(*args, tzinfo=ZoneInfo(tz), fold=fold).astimezone(UTC)
 
 
 def run_every_minute(cron: str, tz: str, start: datetime, end: datetime) -> list[datetime]:
@@ -234,6 +235,26 @@ def test_a_skipped_calendar_day_collapses_onto_the_next() -> None:
     slot = next_slot("0 12 * * *", "Pacific/Apia", after)
     assert slot == local("Pacific/Apia", 2011, 12, 31, 12, 0)
     assert next_slot("0 12 * * *", "Pacific/Apia", slot) == local("Pacific/Apia", 2012, 1, 1, 12, 0)
+
+
+def test_a_fall_back_across_midnight_keeps_the_later_days_slot() -> None:
+    # St. John's fell back from 00:01 NDT to 23:01 NST until 2011: Sunday's midnight came before
+    # the second Saturday 23:30.
+    tz = "America/St_Johns"
+    sunday = local(tz, 2006, 10, 29, 0, 0)
+    second_2330 = local(tz, 2006, 10, 28, 23, 30, fold=1)
+    assert sunday < second_2330
+    assert previous_slot("0 0 * * *", tz, second_2330) == sunday
+    assert next_slot("0 0 * * *", tz, sunday - MINUTE) == sunday
+
+
+def test_a_gap_across_midnight_shifts_a_slot_into_the_next_day() -> None:
+    # Toronto skipped 23:30 to 00:30 on 1919-03-30: that day's 23:45 ran at 00:45 on the 31st.
+    tz = "America/Toronto"
+    shifted = local(tz, 1919, 3, 31, 0, 45)
+    assert next_slot("45 23 * * *", tz, local(tz, 1919, 3, 31, 0, 40)) == shifted
+    assert previous_slot("45 23 * * *", tz, local(tz, 1919, 3, 31, 12, 0)) == shifted
+    assert next_slot("45 23 * * *", tz, shifted) == local(tz, 1919, 3, 31, 23, 45)
 
 
 # --- cron day rules ---------------------------------------------------------------------------

@@ -18,18 +18,38 @@ from worker.models import Base
 
 SEED_COLUMNS = {
     "mcp_services": [
-        "id", "user_id", "desc", "interaction_mode", "url", "endpoint", "api_key", "params", "auth",
-        "created_at", "updated_at",
+        "id",
+        "user_id",
+        "desc",
+        "interaction_mode",
+        "url",
+        "endpoint",
+        "api_key",
+        "params",
+        "auth",
+        "created_at",
+        "updated_at",
     ],
     "mcp_executions": [
-        "id", "user_id", "tool_desc", "params", "status", "result", "error_message", "execution_time_ms",
+        "id",
+        "user_id",
+        "tool_desc",
+        "params",
+        "status",
+        "result",
+        "error_message",
+        "execution_time_ms",
         "created_at",
     ],
     "mcp_templates": ["id", "name", "content", "description", "created_by", "created_at", "updated_at"],
 }
 SEED_INDEXES = {
     "mcp_services": {"idx_mcp_services_user_id", "idx_mcp_services_desc", "idx_mcp_services_user_desc"},
-    "mcp_executions": {"idx_mcp_executions_user_id", "idx_mcp_executions_tool_desc", "idx_mcp_executions_created_at"},
+    "mcp_executions": {
+        "idx_mcp_executions_user_id",
+        "idx_mcp_executions_tool_desc",
+        "idx_mcp_executions_created_at",
+    },
     "mcp_templates": {"idx_mcp_templates_name"},
 }
 EXTRA_EXECUTION_COLUMNS = ["task_id", "tool_name", "attempts", "started_at", "finished_at"]
@@ -68,7 +88,12 @@ def test_first_migration_creates_exactly_the_seed_tables_columns_and_index_names
     schema.upgrade(fresh_pg_url, revision="0001")
     engine = sa.create_engine(fresh_pg_url)
     inspector = sa.inspect(engine)
-    assert set(inspector.get_table_names()) == {"mcp_services", "mcp_executions", "mcp_templates", "alembic_version"}
+    assert set(inspector.get_table_names()) == {
+        "mcp_services",
+        "mcp_executions",
+        "mcp_templates",
+        "alembic_version",
+    }
     for table, columns in SEED_COLUMNS.items():
         present = [c["name"] for c in inspector.get_columns(table)]
         assert present[: len(columns)] == columns
@@ -88,18 +113,17 @@ def test_quoted_desc_is_usable_in_raw_sql_on_postgres(fresh_pg_url: str) -> None
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                'INSERT INTO mcp_services (user_id, "desc", interaction_mode, api_key) VALUES (\'u\', \'d\', \'sse\', \'k\')'
+                "INSERT INTO mcp_services (user_id, \"desc\", interaction_mode, api_key) VALUES ('u', 'd', 'sse', 'k')"
             )
         )
         assert conn.execute(sa.text('SELECT "desc", params FROM mcp_services')).one() == ("d", {})
-        with pytest.raises(sa.exc.IntegrityError):
-            with conn.begin_nested():
-                conn.execute(
-                    sa.text(
-                        'INSERT INTO mcp_services (user_id, "desc", interaction_mode, api_key) '
-                        "VALUES ('u', 'd', 'sse', 'k2')"
-                    )
+        with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+            conn.execute(
+                sa.text(
+                    'INSERT INTO mcp_services (user_id, "desc", interaction_mode, api_key) '
+                    "VALUES ('u', 'd', 'sse', 'k2')"
                 )
+            )
     engine.dispose()
 
 
@@ -123,7 +147,9 @@ def test_updated_at_is_kept_current_by_the_database(any_url: str) -> None:
     engine = sa.create_engine(any_url)
     with engine.begin() as conn:
         conn.execute(
-            sa.text("INSERT INTO mcp_templates (name, content, updated_at) VALUES ('t', 'x', '2000-01-01 00:00:00+00')")
+            sa.text(
+                "INSERT INTO mcp_templates (name, content, updated_at) VALUES ('t', 'x', '2000-01-01 00:00:00+00')"
+            )
         )
     # CURRENT_TIMESTAMP has one-second resolution on SQLite; a raw UPDATE must still move it.
     time.sleep(0.01)

@@ -16,14 +16,24 @@ def test_embedded_defaults_use_one_data_folder(tmp_path: Path) -> None:
     assert settings.database_url == f"sqlite:///{tmp_path / 'mcp-worker.sqlite3'}"
     assert settings.broker_url == "filesystem://" and settings.broker_is_embedded
     assert settings.result_backend == f"file://{tmp_path / 'results'}"
-    assert (settings.db_pool_size, settings.db_max_overflow, settings.db_pool_pre_ping, settings.db_nullpool) == (
-        20, 30, True, False,
+    assert (
+        settings.db_pool_size,
+        settings.db_max_overflow,
+        settings.db_pool_pre_ping,
+        settings.db_nullpool,
+    ) == (
+        20,
+        30,
+        True,
+        False,
     )
 
 
 def test_seed_asyncpg_url_maps_to_psycopg2_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="worker.settings"):
-        settings = Settings.from_env({"DATABASE_URL": "postgresql+asyncpg://username:password@localhost:5432/mcp_db"})
+        settings = Settings.from_env(
+            {"DATABASE_URL": "postgresql+asyncpg://username:password@localhost:5432/mcp_db"}
+        )
     assert settings.database_url == "postgresql+psycopg2://username:password@localhost:5432/mcp_db"
     assert "synchronous postgresql+psycopg2 driver" in caplog.text
     assert "password" not in caplog.text
@@ -33,8 +43,16 @@ def test_pool_options_from_the_environment() -> None:
     settings = Settings.from_env(
         {"DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "0", "DB_POOL_PRE_PING": "false", "DB_NULLPOOL": "true"}
     )
-    assert (settings.db_pool_size, settings.db_max_overflow, settings.db_pool_pre_ping, settings.db_nullpool) == (
-        5, 0, False, True,
+    assert (
+        settings.db_pool_size,
+        settings.db_max_overflow,
+        settings.db_pool_pre_ping,
+        settings.db_nullpool,
+    ) == (
+        5,
+        0,
+        False,
+        True,
     )
 
 

@@ -44,9 +44,7 @@ def create_engine_for(settings: Settings) -> Engine:
     if url.get_backend_name() == "sqlite":
         if url.database:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(
-            url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}
-        )
+        engine = sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if settings.db_nullpool:
@@ -64,7 +62,7 @@ def get_engine() -> Engine:
     pid = os.getpid()
     engine = _state["engine"]
     if engine is not None and _state["pid"] == pid:
-        return engine  # type: ignore[no-any-return]
+        return engine
     with _lock:
         if _state["engine"] is not None and _state["pid"] != pid:
             # Inherited from the parent: drop the pooled connections without closing the
@@ -74,7 +72,7 @@ def get_engine() -> Engine:
         if _state["engine"] is None:
             engine = create_engine_for(get_settings())
             _state.update(pid=pid, engine=engine, sessionmaker=sessionmaker(engine, expire_on_commit=False))
-        return _state["engine"]  # type: ignore[no-any-return]
+        return _state["engine"]
 
 
 def dispose_engine() -> None:

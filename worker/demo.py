@@ -80,7 +80,12 @@ def _child(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) ->
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     child = Child(name, popen, log_path)
     try:
@@ -122,9 +127,21 @@ def _progress(line: str) -> None:
     print(f"  {line}", flush=True)
 
 
-def start_demo_server(stack: ExitStack, transport: str, token: str, env: Mapping[str, str], log_dir: Path) -> int:
+def start_demo_server(
+    stack: ExitStack, transport: str, token: str, env: Mapping[str, str], log_dir: Path
+) -> int:
     port = _free_port()
-    argv = [sys.executable, "-m", "worker.demo_server", "--transport", transport, "--port", str(port), "--token", token]
+    argv = [
+        sys.executable,
+        "-m",
+        "worker.demo_server",
+        "--transport",
+        transport,
+        "--port",
+        str(port),
+        "--token",
+        token,
+    ]
     child = stack.enter_context(_child(f"demo-server-{transport}", argv, env, log_dir))
     _wait(lambda: _port_open(port), START_TIMEOUT_S, f"the {transport} demo server on port {port}", child)
     return port
@@ -135,8 +152,21 @@ def start_worker(stack: ExitStack, env: Mapping[str, str], log_dir: Path, *, wit
 
     hostname = f"demo-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     argv = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", hostname,
-        "-Q", "mcp.tools,mcp.reports,mcp.schedule", "-c", "2", "--loglevel", "INFO", "--without-gossip",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "-n",
+        hostname,
+        "-Q",
+        "mcp.tools,mcp.reports,mcp.schedule",
+        "-c",
+        "2",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
     ]
     if with_beat:
         argv.append("--beat")
@@ -245,8 +275,11 @@ def run_demo(*, keep_running: bool = False) -> int:
             rows = _final_rows(task_ids)
             report_row = _report_row(report.id)
             report_failed = _final_rows([report.id]).get(report.id, {}).get("status") == "error"
-            print(f"\r  waiting: {len(rows)}/{len(task_ids)} tool calls, report {'done' if report_row else 'pending'}",
-                  end="", flush=True)
+            print(
+                f"\r  waiting: {len(rows)}/{len(task_ids)} tool calls, report {'done' if report_row else 'pending'}",
+                end="",
+                flush=True,
+            )
             if (len(rows) == len(task_ids) and report_row is not None) or report_failed:
                 break
             time.sleep(0.2)
@@ -254,7 +287,16 @@ def run_demo(*, keep_running: bool = False) -> int:
 
         print("\nExecutions (mcp_executions):")
         table = [
-            (r["id"], r["user_id"], r["service"], r["tool"], transport, r["status"], r["attempts"], r["execution_time_ms"])
+            (
+                r["id"],
+                r["user_id"],
+                r["service"],
+                r["tool"],
+                transport,
+                r["status"],
+                r["attempts"],
+                r["execution_time_ms"],
+            )
             for (transport, _, _), task_id in zip(DEMO_CALLS, task_ids, strict=True)
             if (r := rows.get(task_id)) is not None
         ]

@@ -90,7 +90,9 @@ def run_tool_call(
         )
     if begun.already_succeeded:
         logger.info("execution %s already succeeded; returning the stored result", begun.id)
-        return CallResult(begun.id, task_id, "success", begun.result, begun.execution_time_ms, begun.attempts, True)
+        return CallResult(
+            begun.id, task_id, "success", begun.result, begun.execution_time_ms, begun.attempts, True
+        )
 
     started = time.perf_counter()
     stored_params: Any = None
@@ -102,23 +104,39 @@ def run_tool_call(
         outcome = mcp.call_tool(config, name, merged, settings=settings)
         if outcome.is_error:
             raise ToolFailed(f"tool {name!r} reported an error: {outcome.message or 'no message'}")
-        result = executions.bounded_result(redact_params(outcome.result, config.secrets()), settings.max_result_bytes)
+        result = executions.bounded_result(
+            redact_params(outcome.result, config.secrets()), settings.max_result_bytes
+        )
     except WorkerError as exc:
         final = final_attempt or not isinstance(exc, TransientError)
         message = redact(f"{type(exc).__name__}: {exc}")
         with session_scope() as session:
             executions.fail(
-                session, task_id, message=message, elapsed_ms=_elapsed_ms(started), final=final, params=stored_params
+                session,
+                task_id,
+                message=message,
+                elapsed_ms=_elapsed_ms(started),
+                final=final,
+                params=stored_params,
             )
         logger.warning(
-            "execution %s attempt %d failed (%s): %s", begun.id, begun.attempts, "final" if final else "retry", message
+            "execution %s attempt %d failed (%s): %s",
+            begun.id,
+            begun.attempts,
+            "final" if final else "retry",
+            message,
         )
         raise
     except SoftTimeLimitExceeded:
         message = f"ServerTimeout: the task's soft time limit ({settings.task_soft_time_limit} s) ran out"
         with session_scope() as session:
             executions.fail(
-                session, task_id, message=message, elapsed_ms=_elapsed_ms(started), final=True, params=stored_params
+                session,
+                task_id,
+                message=message,
+                elapsed_ms=_elapsed_ms(started),
+                final=True,
+                params=stored_params,
             )
         raise
     except Exception as exc:
@@ -126,7 +144,12 @@ def run_tool_call(
         message = redact(f"unexpected {type(exc).__name__}: {exc}")
         with session_scope() as session:
             executions.fail(
-                session, task_id, message=message, elapsed_ms=_elapsed_ms(started), final=True, params=stored_params
+                session,
+                task_id,
+                message=message,
+                elapsed_ms=_elapsed_ms(started),
+                final=True,
+                params=stored_params,
             )
         logger.exception("execution %s failed unexpectedly", begun.id)
         raise
@@ -134,4 +157,3 @@ def run_tool_call(
     with session_scope() as session:
         executions.succeed(session, task_id, result=result, elapsed_ms=elapsed, params=stored_params)
     return CallResult(begun.id, task_id, "success", result, elapsed, begun.attempts)
-

@@ -92,9 +92,9 @@ def begin(session: Session, *, task_id: str, user_id: str, service: str, tool: s
     if claimed is not None:
         return Begun(id=claimed.id, attempts=claimed.attempts, already_succeeded=False)
     row = session.execute(
-        sa.select(McpExecution.id, McpExecution.attempts, McpExecution.result, McpExecution.execution_time_ms).where(
-            McpExecution.task_id == task_id
-        )
+        sa.select(
+            McpExecution.id, McpExecution.attempts, McpExecution.result, McpExecution.execution_time_ms
+        ).where(McpExecution.task_id == task_id)
     ).one()
     return Begun(
         id=row.id,

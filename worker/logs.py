@@ -81,7 +81,9 @@ def _celery_setup_logging(loglevel: Any = None, **_: Any) -> None:
 
 
 @task_prerun.connect
-def _bind_task(task_id: str | None = None, task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+def _bind_task(
+    task_id: str | None = None, task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any
+) -> None:
     user = (kwargs or {}).get("user_id")
     _task.set(
         {

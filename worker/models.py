@@ -20,7 +20,7 @@ JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 class Base(DeclarativeBase):
     """Declarative base for every table of the worker."""
 
-    type_annotation_map = {dict[str, Any]: JSONType}
+    type_annotation_map = {dict[str, Any]: JSONType}  # noqa: RUF012  (SQLAlchemy reads it as a class attribute)
 
 
 def _created() -> Any:

@@ -17,7 +17,9 @@ from typing import Any
 MASK = "***"
 # Shorter strings are too likely to occur by chance in ordinary text to be replaced safely.
 MIN_SECRET_LEN = 4
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization|auth[_-]?value|credential)", re.I)
+_SECRET_KEY = re.compile(
+    r"(api[_-]?key|token|secret|password|passwd|authorization|auth[_-]?value|credential)", re.I
+)
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
 
 _lock = threading.Lock()
@@ -54,7 +56,11 @@ def redact_params(value: Any, secrets: Iterable[str] = ()) -> Any:
     secrets = tuple(secrets)
     if isinstance(value, Mapping):
         return {
-            k: (MASK if isinstance(k, str) and is_secret_key(k) and v not in (None, "") else redact_params(v, secrets))
+            k: (
+                MASK
+                if isinstance(k, str) and is_secret_key(k) and v not in (None, "")
+                else redact_params(v, secrets)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

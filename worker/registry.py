@@ -106,7 +106,10 @@ class ServiceConfig:
 
     def public_dict(self) -> dict[str, Any]:
         """The record as safe to print: api key masked, auth secrets masked."""
-        auth = {k: (mask_secret(str(v)) if k in ("value", "token", "password") else v) for k, v in self.auth.items()}
+        auth = {
+            k: (mask_secret(str(v)) if k in ("value", "token", "password") else v)
+            for k, v in self.auth.items()
+        }
         return {
             "id": self.id,
             "user_id": self.user_id,
@@ -183,7 +186,9 @@ def validate_record(record: Mapping[str, Any], settings: Settings | None = None)
 
     auth_type = auth.get("type", "api_key")
     if auth_type not in AUTH_TYPES:
-        raise InvalidService(f"{where}: auth type {auth_type!r} is not one of {', '.join(sorted(AUTH_TYPES))}")
+        raise InvalidService(
+            f"{where}: auth type {auth_type!r} is not one of {', '.join(sorted(AUTH_TYPES))}"
+        )
     header = auth.get("header")
     if header is not None and (not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", header)):
         raise InvalidService(f"{where}: auth header {header!r} is not a valid HTTP header name")
@@ -296,7 +301,9 @@ def load_config_file(path: Path, settings: Settings | None = None) -> list[Servi
             raise ConfigurationError(f"{path}: {where}: {exc}") from None
         key = (config.user_id, config.desc)
         if key in seen:
-            raise ConfigurationError(f"{path}: {where}: duplicate service {config.desc!r} for {config.user_id!r}")
+            raise ConfigurationError(
+                f"{path}: {where}: duplicate service {config.desc!r} for {config.user_id!r}"
+            )
         seen.add(key)
         services.append(config)
     return services

@@ -60,14 +60,20 @@ SEED_EXECUTIVE_SUMMARY = (
     "- Blocked: {{ work_packages|selectattr('status', 'equalto', 'Blocked')|list|length }}"
 )
 SAMPLE_TEMPLATES: tuple[dict[str, str], ...] = (
-    {"name": "weekly_report.j2", "content": SEED_WEEKLY_REPORT, "description": "Standard weekly report template"},
-    {"name": "executive_summary.j2", "content": SEED_EXECUTIVE_SUMMARY, "description": "Executive summary template"},
+    {
+        "name": "weekly_report.j2",
+        "content": SEED_WEEKLY_REPORT,
+        "description": "Standard weekly report template",
+    },
+    {
+        "name": "executive_summary.j2",
+        "content": SEED_EXECUTIVE_SUMMARY,
+        "description": "Executive summary template",
+    },
 )
 
 
-def load_sample_data(
-    session: Session, overrides: dict[str, dict[str, Any]] | None = None
-) -> tuple[int, int]:
+def load_sample_data(session: Session, overrides: dict[str, dict[str, Any]] | None = None) -> tuple[int, int]:
     """Insert the sample services and templates that are not there yet.
 
     `overrides` maps a service desc to fields that replace the seed's (the demo points the
@@ -80,7 +86,9 @@ def load_sample_data(
         record = {**sample, **overrides.get(sample["desc"], {})}
         validate_record(record)
         exists = session.scalar(
-            sa.select(McpService.id).where(McpService.user_id == record["user_id"], McpService.desc == record["desc"])
+            sa.select(McpService.id).where(
+                McpService.user_id == record["user_id"], McpService.desc == record["desc"]
+            )
         )
         if exists is None:
             session.add(McpService(**record))

@@ -132,12 +132,10 @@ def _aware(value: datetime, name: str) -> datetime:
 
 
 def _uniform_offset(zone: ZoneInfo, start: datetime) -> timedelta | None:
-    """The UTC offset of the whole local hour from `start`, or None if a DST change touches it."""
-    # fold=0 and fold=1 disagree exactly on skipped and repeated wall times; tzdb never changes
-    # offset and back within one hour, so checking both ends of the hour is enough.
-    end = start + timedelta(minutes=59)
-    offsets = {zone.utcoffset(t.replace(fold=f)) for t in (start, end) for f in (0, 1)}
-    return offsets.pop() if len(offsets) == 1 else None
+    """The one UTC offset fold=0 gives every minute of the local hour from `start`, else None."""
+    # tzdb never changes offset and back within an hour, so equal ends mean an equal middle.
+    first, last = zone.utcoffset(start), zone.utcoffset(start + timedelta(minutes=59))
+    return first if first == last else None
 
 
 def _day_slots(spec: CronSpec, zone: ZoneInfo, day: date) -> list[datetime]:
@@ -148,7 +146,7 @@ def _day_slots(spec: CronSpec, zone: ZoneInfo, day: date) -> list[datetime]:
     for hour in spec.hours:
         start = datetime.combine(day, time(hour))
         offset = _uniform_offset(zone, start)
-        if offset is not None:  # the common case: plain arithmetic, no zoneinfo call per minute
+        if offset is not None:  # nearly every hour: plain arithmetic, no zoneinfo call per minute
             base = (start - offset).replace(tzinfo=UTC)
             slots.update(base + timedelta(minutes=m) for m in spec.minutes)
         else:

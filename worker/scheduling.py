@@ -72,7 +72,9 @@ def add_schedule(
     Raises:
         InvalidArguments: the cron expression, time zone or a field does not parse; nothing is stored.
     """
-    validate_tool_request(user_id, service, "report", {}, max_argument_bytes=get_settings().max_argument_bytes)
+    validate_tool_request(
+        user_id, service, "report", {}, max_argument_bytes=get_settings().max_argument_bytes
+    )
     validate_report_request(template, None, refine)
     try:
         spec = parse_cron(cron)
@@ -98,7 +100,9 @@ def add_schedule(
 
 def _claim(session: Session, schedule: McpReportSchedule, now: datetime) -> Dispatch | None:
     created = _aware(schedule.created_at) or now
-    slot = due_slot(schedule.cron, schedule.timezone, now=now, created_at=created, last_slot=_aware(schedule.last_slot))
+    slot = due_slot(
+        schedule.cron, schedule.timezone, now=now, created_at=created, last_slot=_aware(schedule.last_slot)
+    )
     following = next_slot(schedule.cron, schedule.timezone, now)
     if slot is None:
         schedule.next_run_at = following
@@ -109,14 +113,18 @@ def _claim(session: Session, schedule: McpReportSchedule, now: datetime) -> Disp
         .where(
             McpReportSchedule.id == schedule.id,
             # Optimistic claim: only if nobody moved last_slot since we read it.
-            McpReportSchedule.last_slot.is_(None) if previous is None else McpReportSchedule.last_slot == previous,
+            McpReportSchedule.last_slot.is_(None)
+            if previous is None
+            else McpReportSchedule.last_slot == previous,
         )
         .values(last_slot=slot, next_run_at=following)
         .execution_options(synchronize_session=False)
     )
     if not claimed.rowcount:  # type: ignore[attr-defined]
         return None  # another beat claimed it first
-    return Dispatch(schedule.id, slot, period_for_slot(slot, schedule.timezone), slot_task_id(schedule.id, slot))
+    return Dispatch(
+        schedule.id, slot, period_for_slot(slot, schedule.timezone), slot_task_id(schedule.id, slot)
+    )
 
 
 def dispatch_due(
@@ -160,11 +168,16 @@ def dispatch_due(
             _enqueue(fields, dispatch, send)
             sent.append(dispatch)
         except Exception:
-            logger.exception("could not enqueue the report of schedule %s; releasing the slot", dispatch.schedule_id)
+            logger.exception(
+                "could not enqueue the report of schedule %s; releasing the slot", dispatch.schedule_id
+            )
             with session_scope() as session:
                 session.execute(
                     sa.update(McpReportSchedule)
-                    .where(McpReportSchedule.id == dispatch.schedule_id, McpReportSchedule.last_slot == dispatch.slot)
+                    .where(
+                        McpReportSchedule.id == dispatch.schedule_id,
+                        McpReportSchedule.last_slot == dispatch.slot,
+                    )
                     .values(last_slot=previous, next_run_at=now)
                 )
     return sent
@@ -182,7 +195,12 @@ def _enqueue(fields: dict[str, Any], dispatch: Dispatch, send: Callable[..., Any
         task_id=dispatch.task_id,
         queue="mcp.reports",
     )
-    logger.info("dispatched schedule %s slot %s (%s)", dispatch.schedule_id, dispatch.slot.isoformat(), dispatch.period)
+    logger.info(
+        "dispatched schedule %s slot %s (%s)",
+        dispatch.schedule_id,
+        dispatch.slot.isoformat(),
+        dispatch.period,
+    )
 
 
 def record_outcome(schedule_id: int, error: WorkerError | None) -> None:
@@ -199,13 +217,13 @@ def record_outcome(schedule_id: int, error: WorkerError | None) -> None:
         schedule.consecutive_failures += 1
         if schedule.consecutive_failures >= limit:
             schedule.enabled = False
-            schedule.disabled_reason = (
-                f"disabled after {schedule.consecutive_failures} consecutive failures; last: {str(error)[:300]}"
-            )
+            schedule.disabled_reason = f"disabled after {schedule.consecutive_failures} consecutive failures; last: {str(error)[:300]}"
             logger.warning("schedule %s disabled: %s", schedule_id, schedule.disabled_reason)
 
 
-def set_enabled(session: Session, schedule_id: int, enabled: bool, now: datetime | None = None) -> McpReportSchedule:
+def set_enabled(
+    session: Session, schedule_id: int, enabled: bool, now: datetime | None = None
+) -> McpReportSchedule:
     """Enable or disable a schedule; enabling clears the failure count and the reason.
 
     Raises:

@@ -86,7 +86,9 @@ def normalize_database_url(url: str) -> str:
     if mapped is None:
         return url
     if "+asyncpg" in scheme or "+aiosqlite" in scheme:
-        logger.info("DATABASE_URL uses %s; the worker connects with the synchronous %s driver", scheme, mapped)
+        logger.info(
+            "DATABASE_URL uses %s; the worker connects with the synchronous %s driver", scheme, mapped
+        )
     return f"{mapped}://{rest}"
 
 
@@ -211,7 +213,9 @@ class Settings:
             task_soft_time_limit=soft,
             task_time_limit=_env_int(env, "MCP_TASK_TIME_LIMIT", soft + 60, minimum=soft + 1),
             report_soft_time_limit=report_soft,
-            report_time_limit=_env_int(env, "MCP_REPORT_TIME_LIMIT", report_soft + 60, minimum=report_soft + 1),
+            report_time_limit=_env_int(
+                env, "MCP_REPORT_TIME_LIMIT", report_soft + 60, minimum=report_soft + 1
+            ),
             visibility_timeout=_env_int(env, "MCP_VISIBILITY_TIMEOUT", 3600, minimum=1),
             result_expires=_env_int(env, "MCP_RESULT_EXPIRES", 86400, minimum=60),
             schedule_max_failures=_env_int(env, "MCP_SCHEDULE_MAX_FAILURES", 5, minimum=1),

@@ -10,9 +10,9 @@ from typing import Any
 
 from celery import Task
 
-from worker.celery import app
-import worker.lifecycle  # noqa: F401  (connects the shutdown signals)
+import worker.lifecycle
 import worker.logs  # noqa: F401  (connects the logging signals)
+from worker.celery import app
 from worker.errors import TransientError
 from worker.execute import run_tool_call
 from worker.settings import get_settings

@@ -20,7 +20,9 @@ PERIOD = re.compile(r"^\d{4}-W(0[1-9]|[1-4]\d|5[0-3])$")
 
 def _name(value: object, what: str, max_len: int) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise InvalidArguments(f"{what} is required and must be a non-empty string, got {type(value).__name__}")
+        raise InvalidArguments(
+            f"{what} is required and must be a non-empty string, got {type(value).__name__}"
+        )
     if len(value) > max_len:
         raise InvalidArguments(f"{what} is longer than {max_len} characters")
     return value
@@ -72,7 +74,9 @@ def validate_report_request(
     Raises:
         InvalidArguments: a field has the wrong type or form.
     """
-    if template is not None and (not isinstance(template, str) or not template or len(template) > TEMPLATE_NAME_MAX):
+    if template is not None and (
+        not isinstance(template, str) or not template or len(template) > TEMPLATE_NAME_MAX
+    ):
         raise InvalidArguments(f"template must be a template name of at most {TEMPLATE_NAME_MAX} characters")
     if period is not None and (not isinstance(period, str) or not PERIOD.match(period)):
         raise InvalidArguments(f"period must be an ISO week such as 2026-W47, got {period!r}")

@@ -61,7 +61,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     is_pg = op.get_bind().dialect.name == "postgresql"
     op.execute(
-        "DROP TRIGGER IF EXISTS update_mcp_report_schedules_updated_at" + (" ON mcp_report_schedules" if is_pg else "")
+        "DROP TRIGGER IF EXISTS update_mcp_report_schedules_updated_at"
+        + (" ON mcp_report_schedules" if is_pg else "")
     )
     with op.batch_alter_table("mcp_reports") as batch:
         batch.drop_constraint("fk_mcp_reports_schedule", type_="foreignkey")

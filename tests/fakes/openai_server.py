@@ -14,6 +14,7 @@ The `fake_openai` pytest fixture in `tests/reports/conftest.py` wraps this class
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -28,7 +29,9 @@ Transform = Callable[[str], str]
 
 # Longest a `hang` may last, whatever a test asks: a forgotten hang must not stall the suite.
 DEFAULT_HANG_LIMIT = 10.0
-# How long `close()` waits for handler threads to finish.
+# How often the serving loop checks for shutdown: `close()` returns within about this long.
+POLL_INTERVAL = 0.05
+# How long `close()` waits for the serving thread to finish.
 CLOSE_TIMEOUT = 5.0
 
 
@@ -130,7 +133,9 @@ class FakeOpenAI:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-openai", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(POLL_INTERVAL,), name="fake-openai", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -142,10 +147,8 @@ class FakeOpenAI:
             with self._lock:
                 connections = list(self._connections)
             for conn in connections:
-                try:
+                with contextlib.suppress(OSError):  # already closed by the client
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed by the client
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(CLOSE_TIMEOUT)
@@ -233,7 +236,9 @@ def _handler_class(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 
 
 def _error_body(message: str, error_type: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": error_type, "param": None, "code": None}}).encode()
+    return json.dumps(
+        {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+    ).encode()
 
 
 def _completion(request: RecordedRequest, mode: _Mode, number: int) -> bytes:

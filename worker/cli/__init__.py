@@ -18,7 +18,9 @@ COMMAND_MODULES = ("db", "services", "calls", "reports", "schedules", "run", "se
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="mcp-worker", description="Call MCP tools for many users, reliably.")
+    parser = argparse.ArgumentParser(
+        prog="mcp-worker", description="Call MCP tools for many users, reliably."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -42,4 +44,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-

@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     call.add_argument("--args", default="{}", help="tool arguments, a JSON object")
     call.add_argument("--task-id", help="a task id of your own (re-sending it calls the tool once)")
     call.add_argument("--wait", action="store_true", help="wait for the execution row and print it")
-    call.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)")
+    call.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait with --wait (default 120)"
+    )
     call.set_defaults(handler=_call)
 
 

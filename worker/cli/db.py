@@ -20,9 +20,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     down.add_argument("revision", nargs="?", default="base")
     down.set_defaults(handler=_downgrade)
     cmds.add_parser("current", help="print the current and head revisions").set_defaults(handler=_current)
-    cmds.add_parser("sample-data", help="load the seed's sample services and templates (idempotent)").set_defaults(
-        handler=_sample
-    )
+    cmds.add_parser(
+        "sample-data", help="load the seed's sample services and templates (idempotent)"
+    ).set_defaults(handler=_sample)
 
 
 def _upgrade(args: argparse.Namespace) -> int:

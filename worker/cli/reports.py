@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -76,7 +77,9 @@ def _tpl_list(_: argparse.Namespace) -> int:
 
     with session_scope() as session:
         rows = list_templates(session)
-    print_table(("name", "origin", "description"), [(r["name"], r["origin"], r["description"] or "") for r in rows])
+    print_table(
+        ("name", "origin", "description"), [(r["name"], r["origin"], r["description"] or "") for r in rows]
+    )
     return 0
 
 
@@ -121,7 +124,7 @@ def _tpl_preview(args: argparse.Namespace) -> int:
         raise InvalidArguments("--data must hold one JSON object (the data tool's output)")
     with session_scope() as session:
         source = load_template(session, args.name)
-    period = args.period or data.get("week") or last_complete_iso_week()
+    period = args.period or data.get("week") or last_complete_iso_week(datetime.now(UTC))
     rendered = render_template(args.name, source.content, build_context(data, str(period)))
     print(rendered.text)
     if rendered.undefined:
@@ -165,7 +168,8 @@ def _reports_list(args: argparse.Namespace) -> int:
     with session_scope() as session:
         rows = session.scalars(query).all()
         table = [
-            (r.id, r.user_id, r.service, r.period, r.template, "yes" if r.refined else "no", r.created_at) for r in rows
+            (r.id, r.user_id, r.service, r.period, r.template, "yes" if r.refined else "no", r.created_at)
+            for r in rows
         ]
     print_table(("id", "user", "service", "period", "template", "refined", "created"), table)
     return 0

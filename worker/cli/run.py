@@ -19,7 +19,9 @@ ALL_QUEUES = "mcp.tools,mcp.reports,mcp.schedule"
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="run the whole flow on the embedded default (no Postgres, no Redis)")
-    demo.add_argument("--keep-running", action="store_true", help="leave the worker, beat and demo servers running")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the worker, beat and demo servers running"
+    )
     demo.set_defaults(handler=_demo)
 
     worker = sub.add_parser("worker", help="start a Celery worker (celery -A worker worker ...)")
@@ -42,8 +44,16 @@ def _announce_backends() -> None:
     from worker.settings import get_settings
 
     settings = get_settings()
-    db = "SQLite in " + str(settings.data_dir) if settings.database_is_embedded else "the DATABASE_URL database"
-    broker = "the file transport in " + str(settings.data_dir) if settings.broker_is_embedded else "CELERY_BROKER_URL"
+    db = (
+        "SQLite in " + str(settings.data_dir)
+        if settings.database_is_embedded
+        else "the DATABASE_URL database"
+    )
+    broker = (
+        "the file transport in " + str(settings.data_dir)
+        if settings.broker_is_embedded
+        else "CELERY_BROKER_URL"
+    )
     print(f"mcp-worker: database: {db}; broker: {broker}", file=sys.stderr)
     schema.ensure_schema()
 
@@ -51,7 +61,7 @@ def _announce_backends() -> None:
 def _exec_celery(argv: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "worker", *argv])
+    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "worker", *argv])  # noqa: S606
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("user_id")
     add.add_argument("service")
     add.add_argument("--template")
-    add.add_argument("--cron", default=DEFAULT_CRON, help=f"5-field cron expression (default {DEFAULT_CRON!r})")
+    add.add_argument(
+        "--cron", default=DEFAULT_CRON, help=f"5-field cron expression (default {DEFAULT_CRON!r})"
+    )
     add.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="IANA time zone (default UTC)")
     add.add_argument("--refine", action="store_true")
     add.set_defaults(handler=_add)
@@ -45,8 +47,13 @@ def _add(args: argparse.Namespace) -> int:
 
     with session_scope() as session:
         row = add_schedule(
-            session, user_id=args.user_id, service=args.service, template=args.template, cron=args.cron,
-            timezone=args.timezone, refine=args.refine,
+            session,
+            user_id=args.user_id,
+            service=args.service,
+            template=args.template,
+            cron=args.cron,
+            timezone=args.timezone,
+            refine=args.refine,
         )
         print_json({"id": row.id, "cron": row.cron, "timezone": row.timezone, "next_run_at": row.next_run_at})
     return 0
@@ -58,12 +65,35 @@ def _list(args: argparse.Namespace) -> int:
         query = query.where(McpReportSchedule.user_id == args.user_id)
     with session_scope() as session:
         rows = [
-            (s.id, s.user_id, s.service, s.template or "(default)", s.cron, s.timezone, "yes" if s.enabled else "no",
-             s.last_slot, s.next_run_at, s.consecutive_failures, s.disabled_reason or "")
+            (
+                s.id,
+                s.user_id,
+                s.service,
+                s.template or "(default)",
+                s.cron,
+                s.timezone,
+                "yes" if s.enabled else "no",
+                s.last_slot,
+                s.next_run_at,
+                s.consecutive_failures,
+                s.disabled_reason or "",
+            )
             for s in session.scalars(query)
         ]
     print_table(
-        ("id", "user", "service", "template", "cron", "tz", "enabled", "last slot", "next run", "failures", "reason"),
+        (
+            "id",
+            "user",
+            "service",
+            "template",
+            "cron",
+            "tz",
+            "enabled",
+            "last slot",
+            "next run",
+            "failures",
+            "reason",
+        ),
         rows,
     )
     return 0

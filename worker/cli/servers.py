@@ -18,4 +18,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _demo_server(args: argparse.Namespace) -> int:
     from worker import demo_server
 
-    return int(demo_server.main(args.rest) or 0)
+    demo_server.main(args.rest)
+    return 0

@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     key.add_argument("--api-key-env", metavar="VAR", help="read the api key from this environment variable")
     key.add_argument("--api-key-file", metavar="FILE", help="read the api key from this file ('-' for stdin)")
     add.add_argument("--params", help="default tool arguments, a JSON object")
-    add.add_argument("--auth", help='how to authenticate, a JSON object, e.g. {"type": "api_key", "header": "X-API-Key"}')
+    add.add_argument(
+        "--auth", help='how to authenticate, a JSON object, e.g. {"type": "api_key", "header": "X-API-Key"}'
+    )
     add.set_defaults(handler=_add)
 
     lst = cmds.add_parser("list", help="list services (a user's own and the global ones with --user)")
@@ -141,5 +143,8 @@ def _check(args: argparse.Namespace) -> int:
 
     config = resolve(args.user_id, args.desc)
     tools = mcp.list_tools(config)
-    print_table(("tool", "description"), [(t["name"], (t.get("description") or "").split("\n")[0][:80]) for t in tools])
+    print_table(
+        ("tool", "description"),
+        [(t["name"], (t.get("description") or "").split("\n")[0][:80]) for t in tools],
+    )
     return 0

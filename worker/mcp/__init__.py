@@ -85,7 +85,10 @@ def list_tools(config: ServiceConfig, *, settings: Settings | None = None) -> li
         cursor: str | None = None
         for _ in range(LIST_TOOLS_PAGE_CAP):
             page = await client.session.list_tools(params=PaginatedRequestParams(cursor=cursor))
-            tools += [{"name": t.name, "description": t.description, "input_schema": t.input_schema} for t in page.tools]
+            tools += [
+                {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                for t in page.tools
+            ]
             cursor = page.next_cursor
             if cursor is None:
                 break

@@ -90,7 +90,9 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
         future.cancel()
-        raise ServerTimeout(f"the MCP call did not finish within {timeout:.0f}s; raise MCP_CALL_TIMEOUT") from None
+        raise ServerTimeout(
+            f"the MCP call did not finish within {timeout:.0f}s; raise MCP_CALL_TIMEOUT"
+        ) from None
 
 
 def stop_loop() -> None:

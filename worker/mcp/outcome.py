@@ -46,6 +46,7 @@ from worker.errors import (
 from worker.mcp.transports import Probe
 
 MESSAGE_MAX = 500
+_PYDANTIC_LINK = re.compile(r"For further information visit \S+")
 _UNKNOWN_TOOL = re.compile(r"\bunknown tool\b|\btool\b\s*['\"]?[\w.:/-]+['\"]?\s*not found", re.IGNORECASE)
 _BAD_INPUT = re.compile(
     r"validation errors? for \w*arguments|input validation error|invalid arguments|invalid params",
@@ -63,11 +64,11 @@ class ToolOutcome:
 
 
 def one_line(text: str, secrets: Iterable[str] = (), limit: int = MESSAGE_MAX) -> str:
-    """Collapse whitespace, mask secrets, and cut to `limit` characters."""
+    """Collapse whitespace, mask secrets, drop pydantic's doc links, and cut to `limit` characters."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "****")
-    text = " ".join(text.split())
+    text = " ".join(_PYDANTIC_LINK.sub("", text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -77,7 +78,12 @@ def _summarise(block: Any) -> Any:
     if isinstance(block, types.ImageContent | types.AudioContent):
         return {"type": block.type, "mime_type": block.mime_type, "size_bytes": len(block.data) * 3 // 4}
     if isinstance(block, types.ResourceLink):
-        return {"type": "resource_link", "uri": str(block.uri), "name": block.name, "mime_type": block.mime_type}
+        return {
+            "type": "resource_link",
+            "uri": str(block.uri),
+            "name": block.name,
+            "mime_type": block.mime_type,
+        }
     if isinstance(block, types.EmbeddedResource):
         res = block.resource
         summary: dict[str, Any] = {"type": "resource", "uri": str(res.uri), "mime_type": res.mime_type}
@@ -134,9 +140,13 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def _from_status(status: int, where: str) -> WorkerError:
     if status in (401, 403):
-        return AuthenticationFailed(f"{where} refused the credentials (HTTP {status}); check the service's api_key")
+        return AuthenticationFailed(
+            f"{where} refused the credentials (HTTP {status}); check the service's api_key"
+        )
     if status == 404:
-        return InvalidService(f"{where} answered HTTP 404; check the service url (usually ends in /mcp or /sse)")
+        return InvalidService(
+            f"{where} answered HTTP 404; check the service url (usually ends in /mcp or /sse)"
+        )
     if status >= 500 or status == 429:
         return ServerError(f"{where} answered HTTP {status}")
     return ProtocolError(f"{where} answered HTTP {status}; is this an MCP endpoint?")
@@ -159,9 +169,16 @@ def classify(exc: BaseException, where: str, probe: Probe | None, secrets: Itera
     if isinstance(cause, MCPError) and cause.code == types.METHOD_NOT_FOUND and status == 404:
         return _from_status(404, where)
     if isinstance(cause, httpx2.TimeoutException | TimeoutError):
-        return ServerTimeout(f"{where} did not answer in time ({type(cause).__name__}); raise its timeouts if slow")
+        return ServerTimeout(
+            f"{where} did not answer in time ({type(cause).__name__}); raise its timeouts if slow"
+        )
     if isinstance(cause, httpx2.ConnectError):
         return ServerUnavailable(f"cannot connect to {where}: {text}; is it running and is the url right?")
+    if isinstance(cause, httpx2.SSEError):
+        # The SDK's SSE client caps one event at 1 MiB and gives no way to raise it.
+        return ProtocolError(
+            f"{where} sent an unusable SSE event ({text}); use streamable HTTP for large results"
+        )
     if isinstance(cause, httpx2.TransportError):
         return ServerUnavailable(f"connection to {where} failed: {type(cause).__name__}: {text}")
     if isinstance(cause, FileNotFoundError | PermissionError):
@@ -169,22 +186,28 @@ def classify(exc: BaseException, where: str, probe: Probe | None, secrets: Itera
     if isinstance(cause, OSError):
         return ServerUnavailable(f"{where}: {type(cause).__name__}: {text}")
     if isinstance(cause, MCPError):
-        return _from_mcp_error(cause, where, probe, text)
+        return _from_mcp_error(cause, where, probe, text, secrets)
     if isinstance(cause, ValidationError | RuntimeError):
         return ProtocolError(f"{where} sent an invalid MCP message: {text}")
     return ServerError(f"{where} failed: {type(cause).__name__}: {text}")
 
 
-def _from_mcp_error(cause: MCPError, where: str, probe: Probe | None, text: str) -> WorkerError:
+def _from_mcp_error(
+    cause: MCPError, where: str, probe: Probe | None, text: str, secrets: Iterable[str]
+) -> WorkerError:
     code = cause.code
     if code == types.CONNECTION_CLOSED:
+        if probe is not None and probe.transport_error is not None:
+            return classify(probe.transport_error, where, None, secrets)
         if probe is not None and probe.stream_error:
             return ProtocolError(f"{where} wrote output that is not JSON-RPC; is the command an MCP server?")
         last = probe.last_stderr() if probe is not None else None
         tail = f"; last stderr line: {one_line(last, (), 200)}" if last else ""
         return ServerUnavailable(f"{where} closed the connection{tail}")
     if code == types.REQUEST_TIMEOUT:
-        return ServerTimeout(f"{where} did not answer within the call timeout; raise call_timeout if it is slow")
+        return ServerTimeout(
+            f"{where} did not answer within the call timeout; raise call_timeout if it is slow"
+        )
     if code == types.METHOD_NOT_FOUND:
         return UnknownTool(f"{where} does not support this request: {text}")
     if code == types.INVALID_PARAMS:
@@ -201,4 +224,6 @@ def session_is_dead(exc: BaseException) -> bool:
     cause = root_cause(exc)
     if isinstance(cause, MCPError):
         return cause.code == types.CONNECTION_CLOSED
-    return isinstance(cause, httpx2.TransportError | OSError) and not isinstance(cause, httpx2.TimeoutException)
+    return isinstance(cause, httpx2.TransportError | OSError) and not isinstance(
+        cause, httpx2.TimeoutException
+    )

@@ -27,7 +27,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
-from worker.errors import ServerTimeout
+from worker.errors import ProtocolError, ServerTimeout, ServerUnavailable
 from worker.mcp.outcome import classify, session_is_dead
 from worker.mcp.transports import Probe, Timeouts, open_client, target_of, timeouts_for
 from worker.registry import ServiceConfig
@@ -94,7 +94,9 @@ class Session:
         except Exception as exc:
             self.failure = exc
             if self.ready.done():
-                logger.info("%s: session ended: %s", self.where, classify(exc, self.where, self.probe, self.secrets))
+                logger.info(
+                    "%s: session ended: %s", self.where, classify(exc, self.where, self.probe, self.secrets)
+                )
         finally:
             self.client = None
             if not self.ready.done():
@@ -105,17 +107,18 @@ class Session:
             remaining = self.idle_ttl - (time.monotonic() - self.last_used)
             if remaining <= 0 and self.in_flight == 0:
                 logger.debug("%s: closing idle session", self.where)
+                self.closing.set()  # no caller may pick it up while it closes
                 return
             with anyio.move_on_after(max(remaining, IDLE_RECHECK)):
                 await self.closing.wait()
 
-    async def call(self, op: Callable[[Client], Awaitable[T]]) -> T:
+    async def call(self, op: Callable[[Client, float], Awaitable[T]], timeout: float) -> T:
         client = self.client
         if client is None:
             raise self._closed_error()
         self.in_flight += 1
         try:
-            return await op(client)
+            return await op(client, timeout)
         finally:
             self.in_flight -= 1
             self.last_used = time.monotonic()
@@ -184,23 +187,36 @@ class Pool:
             task = self.loop.create_task(session.close(0))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+            if session.probe.stream_error:
+                raise ProtocolError(
+                    f"{session.where} wrote output that is not JSON-RPC; is the command an MCP server?"
+                ) from None
             raise ServerTimeout(
-                f"{session.where} did not complete the MCP handshake within {wait:.0f}s; raise connect_timeout"
-                + ("" if not session.probe.stream_error else " (it wrote output that is not JSON-RPC)")
+                f"{session.where} did not finish the MCP handshake within {wait:.0f}s; raise connect_timeout"
             ) from None
         if session.client is None:
             self._drop(session)
-            raise classify(session.failure or session._closed_error(), session.where, session.probe, session.secrets)
+            raise classify(
+                session.failure or session._closed_error(), session.where, session.probe, session.secrets
+            )
         return session, True
 
-    async def run(self, config: ServiceConfig, settings: Settings, op: Callable[[Client, float], Awaitable[T]]) -> T:
+    async def run(
+        self, config: ServiceConfig, settings: Settings, op: Callable[[Client, float], Awaitable[T]]
+    ) -> T:
         """Run `op(client, call_timeout)` on the service's pooled session, within connect + call time.
 
         Raises:
             WorkerError: the classified failure (see `worker.mcp.outcome.classify`).
         """
         timeouts = timeouts_for(config, settings)
-        key: Key = (config.mode, target_of(config, settings), config.credential_hash(), timeouts.connect, timeouts.call)
+        key: Key = (
+            config.mode,
+            target_of(config, settings),
+            config.credential_hash(),
+            timeouts.connect,
+            timeouts.call,
+        )
         deadline = self.loop.time() + timeouts.connect + timeouts.call
         limit = self.limits.setdefault(key, asyncio.Semaphore(settings.max_concurrency_per_service))
         try:
@@ -215,7 +231,7 @@ class Pool:
                 session, fresh = await self._session(key, config, settings, timeouts, deadline)
                 budget = max(0.001, min(timeouts.call, deadline - self.loop.time()))
                 try:
-                    return await session.call(lambda client: op(client, budget))
+                    return await session.call(op, budget)
                 except Exception as exc:
                     if not session_is_dead(exc):
                         raise classify(exc, session.where, session.probe, session.secrets) from None
@@ -223,10 +239,13 @@ class Pool:
                     await session.close(DEATH_REPORT_WAIT)
                     cause = BaseExceptionGroup("session died", [exc, *filter(None, [session.failure])])
                     error = classify(cause, session.where, session.probe, session.secrets)
-                    if fresh or attempt == 2 or deadline <= self.loop.time():
+                    retryable = isinstance(error, ServerUnavailable)
+                    if fresh or not retryable or attempt == 2 or deadline <= self.loop.time():
                         raise error from None
                     self.retries += 1
-                    logger.info("%s: session died (%s); retrying once on a fresh session", session.where, error)
+                    logger.info(
+                        "%s: session died (%s); retrying once on a fresh session", session.where, error
+                    )
             raise AssertionError("unreachable")
         finally:
             limit.release()

@@ -73,7 +73,9 @@ def timeouts_for(config: ServiceConfig, settings: Settings) -> Timeouts:
                 return float(value)
         return default
 
-    return Timeouts(pick("connect_timeout", settings.connect_timeout), pick("call_timeout", settings.call_timeout))
+    return Timeouts(
+        pick("connect_timeout", settings.connect_timeout), pick("call_timeout", settings.call_timeout)
+    )
 
 
 @dataclass
@@ -83,14 +85,19 @@ class Probe:
     label: str
     http_status: int | None = None
     stream_error: str | None = None
-    stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES))
+    stderr_tail: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=STDERR_TAIL_LINES)
+    )
     on_spawn: Callable[[], None] | None = None
     spawned: bool = False
+    transport_error: Exception | None = None
 
     async def on_message(self, message: Any) -> None:
-        if isinstance(message, Exception):
+        if isinstance(message, ValueError):
             # Only the type: the text of a parse error quotes the server's output.
             self.stream_error = type(message).__name__
+        elif isinstance(message, Exception):
+            self.transport_error = message
 
     async def on_response(self, response: httpx2.Response) -> None:
         if response.status_code >= 400:
@@ -117,7 +124,9 @@ def stdio_command(config: ServiceConfig, settings: Settings) -> list[str]:
     except ValueError as exc:
         raise InvalidService(f"stdio command line of {config.desc!r} does not parse: {exc}") from None
     if not argv:
-        raise InvalidService(f"service {config.desc!r} has no command; set its url or MCP_STDIO_DEFAULT_COMMAND")
+        raise InvalidService(
+            f"service {config.desc!r} has no command; set its url or MCP_STDIO_DEFAULT_COMMAND"
+        )
     executable = argv[0]
     allowed = settings.stdio_allowed_commands
     if executable not in allowed and os.path.basename(executable) not in allowed:
@@ -174,7 +183,9 @@ async def _drain_stderr(fd: int, probe: Probe, done: anyio.Event) -> None:
 
 
 @asynccontextmanager
-async def stdio_transport(config: ServiceConfig, settings: Settings, probe: Probe) -> AsyncIterator[TransportStreams]:
+async def stdio_transport(
+    config: ServiceConfig, settings: Settings, probe: Probe
+) -> AsyncIterator[TransportStreams]:
     """Start the service's command as a child and talk MCP over its stdin/stdout."""
     argv = stdio_command(config, settings)
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=stdio_environment(config))
@@ -201,7 +212,9 @@ async def stdio_transport(config: ServiceConfig, settings: Settings, probe: Prob
 
 def _client_factory(probe: Probe) -> Callable[..., httpx2.AsyncClient]:
     def factory(
-        headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: httpx2.Auth | None = None
+        headers: dict[str, str] | None = None,
+        timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
     ) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(
             headers=headers, timeout=timeout, auth=auth, event_hooks={"response": [probe.on_response]}
@@ -211,7 +224,9 @@ def _client_factory(probe: Probe) -> Callable[..., httpx2.AsyncClient]:
 
 
 @asynccontextmanager
-async def sse_transport(config: ServiceConfig, settings: Settings, probe: Probe) -> AsyncIterator[TransportStreams]:
+async def sse_transport(
+    config: ServiceConfig, settings: Settings, probe: Probe
+) -> AsyncIterator[TransportStreams]:
     """Connect to a (legacy) HTTP+SSE server: a GET event stream plus POSTed messages."""
     timeouts = timeouts_for(config, settings)
     assert config.url is not None
@@ -237,7 +252,9 @@ async def streamable_http_transport(
     )
     async with http:
         max_event = max(MAX_SSE_EVENT_FLOOR, 2 * settings.max_result_bytes)
-        async with streamable_http_client(config.url, http_client=http, max_sse_event_size=max_event) as streams:
+        async with streamable_http_client(
+            config.url, http_client=http, max_sse_event_size=max_event
+        ) as streams:
             yield streams
 
 

@@ -113,7 +113,9 @@ def _project(value: Any) -> dict[str, Any]:
 
 def _work_package(index: int, item: Any) -> dict[str, Any]:
     if not isinstance(item, Mapping):
-        raise TemplateError(f"report data: work_packages[{index}] must be an object, got {type(item).__name__}")
+        raise TemplateError(
+            f"report data: work_packages[{index}] must be an object, got {type(item).__name__}"
+        )
     wp = dict(item)
     wp["id"] = item.get("id")
     wp["subject"] = _name(item.get("subject")) or ""

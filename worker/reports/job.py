@@ -8,8 +8,8 @@ bundled), the sandboxed render, the optional refinement, and one `mcp_reports` r
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from worker import executions
@@ -120,7 +120,9 @@ def _generate(
     with session_scope() as session:
         existing = report_for_task(session, task_id)
         if existing is not None:
-            return ReportResult(existing.id, task_id, existing.period, existing.refined, existing.refine_error, False)
+            return ReportResult(
+                existing.id, task_id, existing.period, existing.refined, existing.refine_error, False
+            )
 
     period_name = period_name or last_complete_iso_week(datetime.now(UTC))
     config = resolve(user, desc)
@@ -148,7 +150,9 @@ def _generate(
     except WorkerError as exc:
         message = redact(f"{type(exc).__name__}: {exc}")
         with session_scope() as session:
-            executions.fail(session, task_id, message=message, elapsed_ms=None, final=True, override_success=True)
+            executions.fail(
+                session, task_id, message=message, elapsed_ms=None, final=True, override_success=True
+            )
         raise
     outcome = _refine(rendered.text, context, wanted, settings)
     usage = outcome.usage or {}
@@ -174,5 +178,7 @@ def _generate(
                 "schedule_id": schedule_id,
             },
         )
-    logger.info("report %s stored for %s/%s %s (refined=%s)", report_id, user, desc, period_name, outcome.refined)
+    logger.info(
+        "report %s stored for %s/%s %s (refined=%s)", report_id, user, desc, period_name, outcome.refined
+    )
     return ReportResult(report_id, task_id, period_name, outcome.refined, outcome.error, True)

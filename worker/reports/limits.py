@@ -188,9 +188,9 @@ def guarded_binop(operator: str, left: Any, right: Any) -> None:
         if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
             raise LimitExceeded(f"a product of more than {MAX_INT_BITS} bits (MAX_INT_BITS)")
     elif operator == "**":
-        if _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
-            if right * math.log2(abs(left)) > MAX_INT_BITS:
-                raise LimitExceeded(f"a power of more than {MAX_INT_BITS} bits (MAX_INT_BITS)")
+        big = _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1
+        if big and right * math.log2(abs(left)) > MAX_INT_BITS:
+            raise LimitExceeded(f"a power of more than {MAX_INT_BITS} bits (MAX_INT_BITS)")
     elif operator == "+":
         if isinstance(left, _SIZED) and isinstance(right, _SIZED):
             check_size(len(left) + len(right), "a concatenation")

@@ -9,18 +9,28 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import Template
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
 from worker.errors import TemplateError
+from worker.reports.context import build_context
 from worker.reports.limits import MAX_OUTPUT_CHARS, LimitExceeded, render_state
 from worker.reports.sandbox import TEMPLATE_FILENAME, ReportEnvironment
+
+__all__ = [
+    "BUNDLED_TEMPLATE_NAMES",
+    "RenderResult",
+    "build_context",
+    "bundled_template",
+    "compile_template",
+    "render_template",
+]
 
 BUNDLED_TEMPLATE_NAMES: tuple[str, ...] = ("weekly_report.j2", "executive_summary.j2")
 
@@ -62,19 +72,26 @@ def render_template(name: str, source: str, context: Mapping[str, Any]) -> Rende
     template = _compiled(name, source)
     chunks: list[str] = []
     size = 0
-    with render_state() as state, closing(template.generate(dict(context))) as stream:
+    with render_state() as state, closing(_generate(template, context)) as stream:
         try:
             for chunk in stream:
                 size += len(chunk)
                 if size > MAX_OUTPUT_CHARS:
                     line = _suspended_line(template, stream)
-                    raise _error(name, line, LimitExceeded(f"output is longer than {MAX_OUTPUT_CHARS} characters"))
+                    raise _error(
+                        name, line, LimitExceeded(f"output is longer than {MAX_OUTPUT_CHARS} characters")
+                    )
                 chunks.append(chunk)
         except TemplateError:
             raise
         except Exception as exc:  # user content: every failure is the template's, reported as such
             raise _error(name, _traceback_line(exc), exc) from exc
         return RenderResult(text="".join(chunks), undefined=list(state.undefined))
+
+
+def _generate(template: Template, context: Mapping[str, Any]) -> Generator[str, None, None]:
+    # `Template.generate` is a generator (typed as an iterator): closing it stops the template.
+    return cast(Generator[str, None, None], template.generate(dict(context)))
 
 
 def bundled_template(name: str) -> str | None:
@@ -141,7 +158,7 @@ def _traceback_line(exc: BaseException) -> int | None:
     return line
 
 
-def _suspended_line(template: Template, stream: Iterator[str]) -> int | None:
+def _suspended_line(template: Template, stream: Generator[str, None, None]) -> int | None:
     # The output limit trips between chunks, with the template's generator paused at a yield.
     frame = None
     gen: Any = stream

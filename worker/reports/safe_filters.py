@@ -71,7 +71,9 @@ def _replace(eval_ctx: EvalContext, s: str, old: str, new: str, count: int | Non
 
 
 @pass_eval_context
-def _join(eval_ctx: EvalContext, value: Iterable[Any], d: str = "", attribute: str | int | None = None) -> str:
+def _join(
+    eval_ctx: EvalContext, value: Iterable[Any], d: str = "", attribute: str | int | None = None
+) -> str:
     items = list(value)
     if attribute is not None:
         getter = jf.make_attrgetter(eval_ctx.environment, attribute)
@@ -97,7 +99,9 @@ def _slice(value: Any, slices: int, fill_with: Any = None) -> Any:
 
 
 @pass_environment
-def _sum(environment: Any, iterable: Iterable[Any], attribute: str | int | None = None, start: Any = 0) -> Any:
+def _sum(
+    environment: Any, iterable: Iterable[Any], attribute: str | int | None = None, start: Any = 0
+) -> Any:
     # a list or string `start` turns sum into repeated concatenation, quadratic in time and memory
     if not isinstance(start, int | float):
         raise LimitExceeded("the sum filter's start must be a number")
@@ -108,7 +112,7 @@ def _sum(environment: Any, iterable: Iterable[Any], attribute: str | int | None 
 def _tojson(eval_ctx: EvalContext, value: Any, indent: int | str | None = None) -> Any:
     size = len(indent) if isinstance(indent, str) else indent
     check_int_arg(size, MAX_JSON_INDENT, "tojson indent")
-    return jf.do_tojson(eval_ctx, value, indent)
+    return jf.do_tojson(eval_ctx, value, indent)  # type: ignore[arg-type]  # Jinja accepts str too
 
 
 _REPLACEMENTS: dict[str, Filter] = {
@@ -171,6 +175,6 @@ def check_method_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         check_size(len(owner) + hits * (len(new) - len(old)), "the replaced string")
     if name == "expandtabs":
         tab = args[0] if args else kwargs.get("tabsize", 8)
-        tabs = owner.count("\t" if isinstance(owner, str) else b"\t")
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
         check_size(len(owner) + tabs * max(int(tab), 0), "the expanded string")
     return args

@@ -20,11 +20,10 @@ from typing import Any
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.exceptions import SecurityError, TemplateRuntimeError, UndefinedError
 from jinja2.runtime import ChainableUndefined, Context, markup_join
-from jinja2.utils import Cycler, Joiner, Namespace, missing
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from jinja2.utils import Cycler, Joiner, Namespace, missing
 from markupsafe import soft_str
 
 from worker.reports.limits import (
@@ -56,7 +55,7 @@ class RecordingUndefined(ChainableUndefined):
         hint: str | None = None,
         obj: Any = missing,
         name: str | None = None,
-        exc: type[Exception] = UndefinedError,
+        exc: type[TemplateRuntimeError] = UndefinedError,
     ) -> None:
         super().__init__(hint, obj, name, exc)
         state = current_state()
@@ -108,15 +107,13 @@ class ReportEnvironment(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
     code_generator_class = _GuardedCodeGenerator
-    concat = staticmethod(guarded_join)  # type: ignore[assignment]
+    concat = staticmethod(guarded_join)
     concat_values = staticmethod(concat_values)
 
     def __init__(self) -> None:
         super().__init__(autoescape=False, undefined=RecordingUndefined)
         self.globals.clear()
-        self.globals.update(
-            range=capped_range, dict=dict, cycler=Cycler, joiner=Joiner, namespace=Namespace
-        )
+        self.globals.update(range=capped_range, dict=dict, cycler=Cycler, joiner=Joiner, namespace=Namespace)
         self.filters = safe_filters(self.filters)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
@@ -134,7 +131,8 @@ class ReportEnvironment(ImmutableSandboxedEnvironment):
     @staticmethod
     def _tick_call(lineno: int) -> nodes.Call:
         call = nodes.Call(nodes.EnvironmentAttribute("loop_step"), [], [], None, None, lineno=lineno)
-        return call.set_lineno(lineno)
+        call.set_lineno(lineno)
+        return call
 
     @staticmethod
     def loop_step() -> bool:
@@ -173,7 +171,9 @@ class ReportEnvironment(ImmutableSandboxedEnvironment):
         if state is None:
             return super().call(context, obj, *args, **kwargs)
         if state.depth >= MAX_CALL_DEPTH:
-            raise LimitExceeded(f"macros or recursive loops nested more than {MAX_CALL_DEPTH} deep (MAX_CALL_DEPTH)")
+            raise LimitExceeded(
+                f"macros or recursive loops nested more than {MAX_CALL_DEPTH} deep (MAX_CALL_DEPTH)"
+            )
         state.depth += 1
         try:
             result = super().call(context, obj, *args, **kwargs)

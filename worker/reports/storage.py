@@ -15,7 +15,6 @@ from worker.models import McpReport, McpTemplate
 from worker.reports.render import BUNDLED_TEMPLATE_NAMES, bundled_template, compile_template
 
 
-
 @dataclass(frozen=True)
 class TemplateSource:
     name: str
@@ -40,7 +39,9 @@ def load_template(session: Session, name: str) -> TemplateSource:
     )
 
 
-def save_template(session: Session, name: str, content: str, description: str | None, created_by: str | None) -> bool:
+def save_template(
+    session: Session, name: str, content: str, description: str | None, created_by: str | None
+) -> bool:
     """Validate (compile in the sandbox) and store a template; True when it was new.
 
     Raises:
@@ -49,7 +50,9 @@ def save_template(session: Session, name: str, content: str, description: str | 
     compile_template(name, content)
     row = session.scalars(sa.select(McpTemplate).where(McpTemplate.name == name)).one_or_none()
     if row is None:
-        session.add(McpTemplate(name=name, content=content, description=description, created_by=created_by or "admin"))
+        session.add(
+            McpTemplate(name=name, content=content, description=description, created_by=created_by or "admin")
+        )
         return True
     row.content = content
     if description is not None:
@@ -59,11 +62,14 @@ def save_template(session: Session, name: str, content: str, description: str | 
 
 def list_templates(session: Session) -> list[dict[str, Any]]:
     rows = session.execute(
-        sa.select(McpTemplate.name, McpTemplate.description, McpTemplate.created_by, McpTemplate.updated_at).order_by(
-            McpTemplate.name
-        )
+        sa.select(
+            McpTemplate.name, McpTemplate.description, McpTemplate.created_by, McpTemplate.updated_at
+        ).order_by(McpTemplate.name)
     ).all()
-    stored = [{"name": r.name, "origin": "database", "description": r.description, "updated_at": r.updated_at} for r in rows]
+    stored = [
+        {"name": r.name, "origin": "database", "description": r.description, "updated_at": r.updated_at}
+        for r in rows
+    ]
     names = {r["name"] for r in stored}
     bundled = [
         {"name": n, "origin": "bundled", "description": "bundled with mcp-worker", "updated_at": None}
@@ -110,7 +116,11 @@ def report_as_dict(row: McpReport, *, with_content: bool = True) -> dict[str, An
         "refined": row.refined,
         "refine_model": row.refine_model,
         "refine_error": row.refine_error,
-        "tokens": {"prompt": row.prompt_tokens, "completion": row.completion_tokens, "total": row.total_tokens},
+        "tokens": {
+            "prompt": row.prompt_tokens,
+            "completion": row.completion_tokens,
+            "total": row.total_tokens,
+        },
         "undefined_names": row.undefined_names or [],
         "execution_id": row.execution_id,
         "schedule_id": row.schedule_id,
