@@ -9,8 +9,8 @@ import uuid
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from conftest import DATA_DIR, DEMO_HTTP_TOKEN, LOG_DIR
 from processes import spawn, wait_until
+from testenv import DATA_DIR, DEMO_HTTP_TOKEN, LOG_DIR
 
 from worker.db import session_scope
 from worker.models import McpExecution, McpReport

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from conftest import _pg_url
 from test_schema import SEED_INDEXES
+from testenv import _pg_url
 
 CLI = [sys.executable, "-m", "worker.cli"]
 

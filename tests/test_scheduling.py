@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import DEMO_HTTP_TOKEN
+from testenv import DEMO_HTTP_TOKEN
 
 from worker.db import session_scope
 from worker.errors import InvalidArguments, ServiceNotFound

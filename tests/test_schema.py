@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import _pg_url
+from testenv import _pg_url
 
 from worker import schema
 from worker.models import Base

@@ -126,8 +126,7 @@ class FakeOpenAI:
     def base_url(self) -> str:
         if self._server is None:
             raise RuntimeError("FakeOpenAI is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
 
     def start(self) -> FakeOpenAI:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))

@@ -80,9 +80,21 @@ def test_odd_fields_are_normalized() -> None:
 
     first, second, third, empty = context["work_packages"]
     assert (first["status"], first["assignee"], first["due_date"]) == ("In Progress", "Ann", "2026-11-20")
-    assert (second["subject"], second["status"], second["assignee"], second["due_date"]) == ("", "Unknown", None, None)
+    assert (second["subject"], second["status"], second["assignee"], second["due_date"]) == (
+        "",
+        "Unknown",
+        None,
+        None,
+    )
     assert (third["subject"], third["assignee"], third["due_date"]) == ("42", None, None)
-    assert empty == {"id": None, "subject": "", "status": "Unknown", "assignee": None, "priority": None, "due_date": None}
+    assert empty == {
+        "id": None,
+        "subject": "",
+        "status": "Unknown",
+        "assignee": None,
+        "priority": None,
+        "due_date": None,
+    }
     assert context["project"] == {"id": None, "name": "Legacy"}
     assert context["week"] == PERIOD
     assert context["extra"] == {"kept": True}

@@ -31,7 +31,9 @@ def test_required_facts_are_the_counts_shown(context: dict[str, Any]) -> None:
     assert required_facts("7 items", {"total": 7, "overdue": "odd", "totals_by_status": None}) == ["7"]
 
 
-def test_accepted_refinement(fake_openai: FakeOpenAI, openai_settings: MakeSettings, context: dict[str, Any]) -> None:
+def test_accepted_refinement(
+    fake_openai: FakeOpenAI, openai_settings: MakeSettings, context: dict[str, Any]
+) -> None:
     raw = raw_report(context)
     fake_openai.polish()
 
@@ -65,7 +67,10 @@ def test_server_error_keeps_the_raw_render(
     outcome = refine_report(raw, settings=openai_settings(max_retries="2"))
 
     assert (outcome.text, outcome.refined, outcome.usage) == (raw, False, None)
-    assert outcome.error == "refinement failed: OpenAI answered HTTP 500 after 2 retries: The server had an error"
+    assert (
+        outcome.error
+        == "refinement failed: OpenAI answered HTTP 500 after 2 retries: The server had an error"
+    )
     assert len(fake_openai.requests) == 3  # the first try and two retries
 
 
@@ -115,13 +120,17 @@ def test_no_api_key_skips_refinement(fake_openai: FakeOpenAI, tmp_path: Path) ->
 
 
 def test_auth_error_never_shows_the_key(fake_openai: FakeOpenAI, openai_settings: MakeSettings) -> None:
-    fake_openai.fail(401, f"Incorrect API key provided: {API_KEY}. Also sk-proj-abc***xyz and Bearer {API_KEY}")
+    fake_openai.fail(
+        401, f"Incorrect API key provided: {API_KEY}. Also sk-proj-abc***xyz and Bearer {API_KEY}"
+    )
 
     outcome = refine_report("raw 1", settings=openai_settings(max_retries="2"))
 
     assert outcome.refined is False
     assert outcome.error is not None
-    assert outcome.error.startswith("refinement failed: OpenAI refused the API key (HTTP 401): Incorrect API key")
+    assert outcome.error.startswith(
+        "refinement failed: OpenAI refused the API key (HTTP 401): Incorrect API key"
+    )
     assert API_KEY not in outcome.error
     assert "sk-proj" not in outcome.error
     assert len(fake_openai.requests) == 1  # 401 is not retried
@@ -144,7 +153,9 @@ def test_connection_refused_keeps_the_raw_render(tmp_path: Path) -> None:
 
     assert (outcome.text, outcome.refined) == ("raw", False)
     assert outcome.error is not None
-    assert outcome.error.startswith(f"refinement failed: could not connect to http://127.0.0.1:{port}: ConnectError")
+    assert outcome.error.startswith(
+        f"refinement failed: could not connect to http://127.0.0.1:{port}: ConnectError"
+    )
     assert "pw" not in outcome.error
     refine_module.close_clients()
 
@@ -153,9 +164,18 @@ def test_unusable_answers_keep_the_raw_render(fake_openai: FakeOpenAI, openai_se
     settings = openai_settings()
     cases: list[tuple[Callable[[], None], str]] = [
         (lambda: fake_openai.reply(""), "the model returned no text (finish_reason=stop)"),
-        (lambda: fake_openai.reply("cut", finish_reason="length"), "the answer was cut off (finish_reason=length)"),
-        (lambda: fake_openai.raw(200, b"not json"), "OpenAI's answer is not a chat completion (JSONDecodeError"),
-        (lambda: fake_openai.raw(200, b"plain", "text/plain"), "the model returned no text (finish_reason=None)"),
+        (
+            lambda: fake_openai.reply("cut", finish_reason="length"),
+            "the answer was cut off (finish_reason=length)",
+        ),
+        (
+            lambda: fake_openai.raw(200, b"not json"),
+            "OpenAI's answer is not a chat completion (JSONDecodeError",
+        ),
+        (
+            lambda: fake_openai.raw(200, b"plain", "text/plain"),
+            "the model returned no text (finish_reason=None)",
+        ),
         (lambda: fake_openai.raw(200, b'{"choices": null}'), "the model returned no text"),
         (lambda: fake_openai.raw(200, b'{"choices": [{"message": null}]}'), "the model returned no text"),
     ]
@@ -167,7 +187,9 @@ def test_unusable_answers_keep_the_raw_render(fake_openai: FakeOpenAI, openai_se
         assert expected in outcome.error
 
 
-def test_code_fences_around_the_answer_are_removed(fake_openai: FakeOpenAI, openai_settings: MakeSettings) -> None:
+def test_code_fences_around_the_answer_are_removed(
+    fake_openai: FakeOpenAI, openai_settings: MakeSettings
+) -> None:
     fake_openai.reply("```markdown\n# Report\n\n- 3 done\n```")
 
     outcome = refine_report("# Report\n- done: 3", settings=openai_settings(), facts=["3"])

@@ -57,7 +57,14 @@ def test_executive_summary_counts_by_status(context: dict[str, Any]) -> None:
 
     text = result.text
     assert "**Progress**: 2 of 7 tasks done, 5 open" in text
-    for line in ("- In Progress: 3", "- Completed: 2", "- Blocked: 1", "- New: 1", "- Overdue: 2", "- Unassigned: 2"):
+    for line in (
+        "- In Progress: 3",
+        "- Completed: 2",
+        "- Blocked: 1",
+        "- New: 1",
+        "- Overdue: 2",
+        "- Unassigned: 2",
+    ):
         assert f"\n{line}\n" in text
     assert "## Needs Attention" in text
     assert text.index("Build client") < text.index("Load test")  # soonest due first
@@ -90,7 +97,9 @@ def test_seed_executive_summary_renders_unchanged(context: dict[str, Any]) -> No
 def test_seed_weekly_report_renders_unchanged(context: dict[str, Any]) -> None:
     result = render_template("weekly_report.j2", SEED_WEEKLY_REPORT, context)
 
-    assert result.text.startswith("# Apollo Weekly Report\n\n**Week**: 2026-W47\n\n## Tasks\n- Design API (Completed)\n")
+    assert result.text.startswith(
+        "# Apollo Weekly Report\n\n**Week**: 2026-W47\n\n## Tasks\n- Design API (Completed)\n"
+    )
     assert result.text.count("\n- ") == 7
 
 
@@ -114,17 +123,21 @@ def test_syntax_error_names_template_and_line() -> None:
     message = str(info.value)
     assert message.startswith("template 'broken.j2' line 4: syntax error:")
     assert "\n" not in message
-    with pytest.raises(TemplateError, match="^template 'broken.j2' line 4: syntax error"):
+    with pytest.raises(TemplateError, match=r"^template 'broken.j2' line 4: syntax error"):
         render_template("broken.j2", source, {})
 
 
 def test_unknown_filter_is_a_compile_error() -> None:
-    with pytest.raises(TemplateError, match=r"^template 't.j2' line 2: syntax error: No filter named 'shout'"):
+    with pytest.raises(
+        TemplateError, match=r"^template 't.j2' line 2: syntax error: No filter named 'shout'"
+    ):
         compile_template("t.j2", "ok\n{{ project.name|shout }}")
 
 
 def test_render_error_names_template_and_line() -> None:
-    with pytest.raises(TemplateError, match=r"^template 'div.j2' line 3: ZeroDivisionError: division by zero$"):
+    with pytest.raises(
+        TemplateError, match=r"^template 'div.j2' line 3: ZeroDivisionError: division by zero$"
+    ):
         render_template("div.j2", "one\ntwo\n{{ total / 0 }}", {"total": 3})
 
 
@@ -148,7 +161,9 @@ def test_undefined_names_render_empty_and_are_reported(context: dict[str, Any]) 
 
 
 def test_undefined_value_used_in_arithmetic_is_a_template_error() -> None:
-    with pytest.raises(TemplateError, match=r"^template 'a.j2' line 1: undefined value: 'missing' is undefined"):
+    with pytest.raises(
+        TemplateError, match=r"^template 'a.j2' line 1: undefined value: 'missing' is undefined"
+    ):
         render_template("a.j2", "{{ missing + 1 }}", {})
 
 
@@ -162,3 +177,15 @@ def test_include_import_and_extends_are_refused() -> None:
     for source in ("{% include 'weekly_report.j2' %}", "{% import 'x.j2' as x %}", "{% extends 'x.j2' %}"):
         with pytest.raises(TemplateError, match="cannot include, import or extend"):
             render_template("inc.j2", source, {})
+
+
+def test_the_task_time_limit_is_not_turned_into_a_template_error() -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    class Slow:
+        @property
+        def value(self) -> str:
+            raise SoftTimeLimitExceeded()
+
+    with pytest.raises(SoftTimeLimitExceeded):
+        render_template("slow.j2", "{{ slow.value }}", {"slow": Slow()})

@@ -102,7 +102,9 @@ def test_the_limit_reports_the_line_that_hit_it(context: dict[str, Any]) -> None
 
 
 def test_data_keys_starting_with_underscore_are_readable() -> None:
-    result = render_template("hal.j2", "{{ wp._links.self.href }}", {"wp": {"_links": {"self": {"href": "/wp/1"}}}})
+    result = render_template(
+        "hal.j2", "{{ wp._links.self.href }}", {"wp": {"_links": {"self": {"href": "/wp/1"}}}}
+    )
     assert result.text == "/wp/1"
 
 
@@ -117,7 +119,9 @@ def test_ordinary_template_features_still_work(context: dict[str, Any]) -> None:
 
     result = render_template("ok.j2", source, context)
 
-    assert result.text == "5|ab    |  2.2|   7|1,2,3,4,5,6,7|a-b|[0, 1, 2]|1024|ababab|3|  x  |{\"a\": 1}|Blocked"
+    assert (
+        result.text == '5|ab    |  2.2|   7|1,2,3,4,5,6,7|a-b|[0, 1, 2]|1024|ababab|3|  x  |{"a": 1}|Blocked'
+    )
 
 
 def test_recursive_loops_work_within_the_depth_limit() -> None:

@@ -27,7 +27,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
-from worker.errors import ProtocolError, ServerTimeout, ServerUnavailable
+from worker.errors import ProtocolError, ServerTimeout, ServerUnavailable, WorkerError
 from worker.mcp.outcome import classify, session_is_dead
 from worker.mcp.transports import Probe, Timeouts, open_client, target_of, timeouts_for
 from worker.registry import ServiceConfig
@@ -112,16 +112,19 @@ class Session:
             with anyio.move_on_after(max(remaining, IDLE_RECHECK)):
                 await self.closing.wait()
 
+    def lease(self) -> None:
+        """Count a caller in, from before it waits for the handshake, so idling cannot close it."""
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.last_used = time.monotonic()
+
     async def call(self, op: Callable[[Client, float], Awaitable[T]], timeout: float) -> T:
         client = self.client
         if client is None:
             raise self._closed_error()
-        self.in_flight += 1
-        try:
-            return await op(client, timeout)
-        finally:
-            self.in_flight -= 1
-            self.last_used = time.monotonic()
+        return await op(client, timeout)
 
     @staticmethod
     def _closed_error() -> MCPError:
@@ -170,8 +173,10 @@ class Pool:
     async def _session(
         self, key: Key, config: ServiceConfig, settings: Settings, timeouts: Timeouts, deadline: float
     ) -> tuple[Session, bool]:
+        """A leased session for `key` and whether it was opened (or being opened) for this call."""
         session = self.sessions.get(key)
         if session is not None and session.usable and session.ready.done() and session.client is not None:
+            session.lease()
             return session, False
         if session is None or not session.usable:
             if session is not None:
@@ -179,27 +184,36 @@ class Pool:
             session = Session(key, config, settings, on_spawn=self._count_spawn)
             self.sessions[key] = session
             self.opened += 1
+        session.lease()
         wait = max(0.0, min(timeouts.connect, deadline - self.loop.time()))
         try:
             await asyncio.wait_for(asyncio.shield(session.ready), wait)
-        except TimeoutError:
-            self._drop(session)
-            task = self.loop.create_task(session.close(0))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            if session.probe.stream_error:
-                raise ProtocolError(
-                    f"{session.where} wrote output that is not JSON-RPC; is the command an MCP server?"
-                ) from None
-            raise ServerTimeout(
-                f"{session.where} did not finish the MCP handshake within {wait:.0f}s; raise connect_timeout"
-            ) from None
+        except BaseException as exc:
+            session.release()
+            if isinstance(exc, TimeoutError):
+                raise self._handshake_timeout(session) from None
+            raise
         if session.client is None:
+            session.release()
             self._drop(session)
             raise classify(
                 session.failure or session._closed_error(), session.where, session.probe, session.secrets
             )
         return session, True
+
+    def _handshake_timeout(self, session: Session) -> WorkerError:
+        """Give up on a session whose handshake took too long: close it in the background."""
+        self._drop(session)
+        task = self.loop.create_task(session.close(0))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        if session.probe.stream_error:
+            return ProtocolError(
+                f"{session.where} wrote output that is not JSON-RPC; is the command an MCP server?"
+            )
+        return ServerTimeout(
+            f"{session.where} did not finish the MCP handshake in time; raise connect_timeout"
+        )
 
     async def run(
         self, config: ServiceConfig, settings: Settings, op: Callable[[Client, float], Awaitable[T]]
@@ -232,20 +246,21 @@ class Pool:
                 budget = max(0.001, min(timeouts.call, deadline - self.loop.time()))
                 try:
                     return await session.call(op, budget)
-                except Exception as exc:
-                    if not session_is_dead(exc):
-                        raise classify(exc, session.where, session.probe, session.secrets) from None
-                    self._drop(session)
-                    await session.close(DEATH_REPORT_WAIT)
-                    cause = BaseExceptionGroup("session died", [exc, *filter(None, [session.failure])])
-                    error = classify(cause, session.where, session.probe, session.secrets)
-                    retryable = isinstance(error, ServerUnavailable)
-                    if fresh or not retryable or attempt == 2 or deadline <= self.loop.time():
-                        raise error from None
-                    self.retries += 1
-                    logger.info(
-                        "%s: session died (%s); retrying once on a fresh session", session.where, error
-                    )
+                except Exception as failure:
+                    exc = failure
+                finally:
+                    session.release()
+                if not session_is_dead(exc):
+                    raise classify(exc, session.where, session.probe, session.secrets) from None
+                self._drop(session)
+                await session.close(DEATH_REPORT_WAIT)
+                cause = BaseExceptionGroup("session died", [exc, *filter(None, [session.failure])])
+                error = classify(cause, session.where, session.probe, session.secrets)
+                retryable = isinstance(error, ServerUnavailable)
+                if fresh or not retryable or attempt == 2 or deadline <= self.loop.time():
+                    raise error from None
+                self.retries += 1
+                logger.info("%s: session died (%s); retrying once on a fresh session", session.where, error)
             raise AssertionError("unreachable")
         finally:
             limit.release()

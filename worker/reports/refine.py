@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import openai
 
+from worker.redaction import redact, register_secrets
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def _client(settings: Settings, api_key: str) -> openai.OpenAI:
     with _lock:
         client = _clients.get(key)
         if client is None:
+            register_secrets([api_key])  # so the log filter masks it too, wherever it turns up
             client = openai.OpenAI(
                 api_key=api_key,
                 base_url=settings.openai_base_url,
@@ -168,8 +170,9 @@ def refine_report(raw: str, *, settings: Settings, facts: Sequence[str] | None =
         if dropped:
             reason = f"refinement dropped counts from the report: {', '.join(dropped)}"
     if reason is not None:
+        reason = _sanitize(reason, settings)
         logger.warning("report refinement rejected, keeping the raw render: %s", reason)
-        return RefineOutcome(raw, False, model, _sanitize(reason, settings), usage)
+        return RefineOutcome(raw, False, model, reason, usage)
     return RefineOutcome(text, True, model, None, usage)
 
 
@@ -243,7 +246,6 @@ def _origin(url: str | None) -> str:
 
 
 def _sanitize(text: str, settings: Settings) -> str:
-    if settings.openai_api_key:
-        text = text.replace(settings.openai_api_key, "***")
+    text = redact(text, [settings.openai_api_key] if settings.openai_api_key else [])
     text = " ".join(_SECRETISH.sub("***", text).split())
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."

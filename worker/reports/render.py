@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
+from celery.exceptions import SoftTimeLimitExceeded
 from jinja2 import Template
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 
 from worker.errors import TemplateError
+from worker.redaction import redact
 from worker.reports.context import build_context
 from worker.reports.limits import MAX_OUTPUT_CHARS, LimitExceeded, render_state
 from worker.reports.sandbox import TEMPLATE_FILENAME, ReportEnvironment
@@ -82,8 +84,8 @@ def render_template(name: str, source: str, context: Mapping[str, Any]) -> Rende
                         name, line, LimitExceeded(f"output is longer than {MAX_OUTPUT_CHARS} characters")
                     )
                 chunks.append(chunk)
-        except TemplateError:
-            raise
+        except (TemplateError, SoftTimeLimitExceeded):
+            raise  # the task's time limit is the task's failure, not the template's
         except Exception as exc:  # user content: every failure is the template's, reported as such
             raise _error(name, _traceback_line(exc), exc) from exc
         return RenderResult(text="".join(chunks), undefined=list(state.undefined))
@@ -119,13 +121,16 @@ def _compiled(name: str, source: str) -> Template:
         return env.template_class.from_code(env, code, env.make_globals(None), None)
     except TemplateSyntaxError as exc:
         raise _error(name, exc.lineno, exc) from exc
+    except SoftTimeLimitExceeded:
+        raise
     except Exception as exc:  # deep nesting (RecursionError), an over-long source, ...
         raise _error(name, _traceback_line(exc), exc) from exc
 
 
 def _error(name: str, line: int | None, exc: BaseException) -> TemplateError:
     where = f"template {name!r} line {line}" if line else f"template {name!r}"
-    message = " ".join(_describe(exc).split())
+    # messages can quote report data, which came from an MCP server
+    message = " ".join(redact(_describe(exc)).split())
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[: _MAX_MESSAGE_CHARS - 3] + "..."
     return TemplateError(f"{where}: {message}")
