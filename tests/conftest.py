@@ -144,7 +144,20 @@ def demo_sse() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def worker_proc() -> Iterator[object]:
+def openai_fake() -> Iterator[object]:
+    """The fake OpenAI server every worker of the run refines through; tests set its mode."""
+    import os
+
+    from fakes.openai_server import FakeOpenAI
+
+    with FakeOpenAI(hang_limit=10.0) as fake:
+        os.environ["OPENAI_BASE_URL"] = fake.base_url
+        yield fake
+        os.environ.pop("OPENAI_BASE_URL", None)
+
+
+@pytest.fixture(scope="session")
+def worker_proc(openai_fake: object) -> Iterator[object]:
     """One real Celery worker (prefork, 2 processes) on the test Redis and Postgres."""
     import redis
     from processes import start_worker

@@ -35,6 +35,7 @@ def _redis_url() -> str:
     return f"{base}/{REDIS_TEST_DB}"
 
 
+OPENAI_TEST_KEY = "sk-test-openai-key-for-the-fake-0001"
 TEST_DB_URL = _pg_url(TEST_DB_NAME)
 BROKER_URL = _redis_url()
 
@@ -51,7 +52,12 @@ TEST_ENV = {
     "MCP_MAX_RETRIES": "2",
     "MCP_STDIO_ALLOWED_COMMANDS": f"mcp-worker {Path(sys.executable).parent / 'mcp-worker'} {sys.executable}",
     "MCP_STDIO_DEFAULT_COMMAND": f"{sys.executable} -m worker.demo_server --transport stdio",
-    "OPENAI_API_KEY": "",
+    # Refinement goes to the fake OpenAI server the session starts (OPENAI_BASE_URL is set then).
+    "OPENAI_API_KEY": OPENAI_TEST_KEY,
+    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # nothing listens: never the real API
+    "OPENAI_MODEL": "gpt-fake-1",
+    "OPENAI_TIMEOUT": "2",
+    "OPENAI_MAX_RETRIES": "0",
     "LOG_LEVEL": "INFO",
 }
 os.environ.update(TEST_ENV)

@@ -304,6 +304,31 @@ def test_shutdown_reaps_every_stdio_child(settings: Settings) -> None:
     mcp.shutdown_runtime()  # idempotent
 
 
+@pytest.mark.parametrize("mode", ["stdio", "streamable_http"])
+def test_shutdown_ends_calls_in_flight(
+    mode: str, configs: dict[str, ServiceConfig], settings: Settings
+) -> None:
+    mcp.call_tool(configs[mode], "echo", {"message": "warm"}, settings=settings)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            mcp.call_tool(configs[mode], "sleep", {"seconds": 30}, settings=settings)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    wait_for(lambda: mcp.pool_stats()["in_flight"] == 1, 5, "the call to start")
+    started = time.monotonic()
+    mcp.shutdown_runtime()
+    thread.join(10)
+
+    assert not thread.is_alive() and time.monotonic() - started < 8
+    assert len(errors) == 1 and isinstance(errors[0], ServerUnavailable)
+    assert children_running("--transport stdio") == []
+
+
 def test_runtime_is_recreated_in_a_forked_child(
     configs: dict[str, ServiceConfig], settings: Settings
 ) -> None:

@@ -27,6 +27,7 @@ from worker.errors import (
 from worker.mcp import loop
 from worker.mcp.outcome import classify, one_line, session_is_dead, to_outcome
 from worker.mcp.transports import Probe, auth_headers, stdio_command, stdio_environment, timeouts_for
+from worker.redaction import MASK
 
 WHERE = "MCP server for 'demo'"
 
@@ -88,7 +89,7 @@ def test_timeouts_default_and_overrides() -> None:
 def test_one_line_masks_secrets_and_truncates() -> None:
     text = one_line("token   sekret-123\nfailed " + "y" * 1000, ["sekret-123"])
 
-    assert "sekret-123" not in text and "****" in text and "\n" not in text and len(text) == 500
+    assert "sekret-123" not in text and MASK in text and "\n" not in text and len(text) == 500
 
 
 def test_outcome_from_structured_and_mixed_content() -> None:
@@ -142,7 +143,7 @@ def test_tool_failure_outcome() -> None:
 
     outcome = to_outcome("t", result, ["k-123456"])
 
-    assert outcome.is_error and outcome.message == "quota exceeded for ****"
+    assert outcome.is_error and outcome.message == f"quota exceeded for {MASK}"
 
 
 def _status_error(status: int) -> httpx2.HTTPStatusError:

@@ -10,6 +10,7 @@ the process stops: it closes every session and reaps every stdio child.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -35,6 +36,8 @@ LIST_TOOLS_PAGE_CAP = 100
 # Closing everything: sessions close concurrently, each bounded by pool.SESSION_CLOSE_TIMEOUT
 # plus its abort grace.
 SHUTDOWN_TIMEOUT = 15.0
+# Time for calls cancelled by shutdown to unwind (their sessions are already closed).
+CALLER_CANCEL_TIMEOUT = 2.0
 
 
 def _bound(config: ServiceConfig, settings: Settings) -> float:
@@ -125,6 +128,12 @@ def shutdown_runtime() -> None:
         pool = current_pool()
         if pool is not None:
             await pool.close_all()
+        # Calls still running (other threads waiting in run_sync) end now, not at their timeout.
+        callers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in callers:
+            task.cancel()
+        if callers:
+            await asyncio.wait(callers, timeout=CALLER_CANCEL_TIMEOUT)
 
     try:
         run_sync(close(), SHUTDOWN_TIMEOUT)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from worker.errors import ServerTimeout
+from worker.errors import ServerTimeout, ServerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
 
     Raises:
         ServerTimeout: the coroutine did not finish within `timeout`.
+        ServerUnavailable: the runtime was shut down while the coroutine ran.
         RuntimeError: called from the loop thread itself.
         Exception: whatever the coroutine raised.
     """
@@ -88,6 +89,8 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
     future = asyncio.run_coroutine_threadsafe(coro, get_loop())
     try:
         return future.result(timeout)
+    except concurrent.futures.CancelledError:
+        raise ServerUnavailable("the MCP runtime shut down during the call; retry it") from None
     except concurrent.futures.TimeoutError:
         future.cancel()
         raise ServerTimeout(

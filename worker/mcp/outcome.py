@@ -44,6 +44,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.mcp.transports import Probe
+from worker.redaction import redact
 
 MESSAGE_MAX = 500
 _PYDANTIC_LINK = re.compile(r"For further information visit \S+")
@@ -65,10 +66,7 @@ class ToolOutcome:
 
 def one_line(text: str, secrets: Iterable[str] = (), limit: int = MESSAGE_MAX) -> str:
     """Collapse whitespace, mask secrets, drop pydantic's doc links, and cut to `limit` characters."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "****")
-    text = " ".join(_PYDANTIC_LINK.sub("", text).split())
+    text = " ".join(_PYDANTIC_LINK.sub("", redact(text, secrets)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -202,7 +200,7 @@ def _from_mcp_error(
         if probe is not None and probe.stream_error:
             return ProtocolError(f"{where} wrote output that is not JSON-RPC; is the command an MCP server?")
         last = probe.last_stderr() if probe is not None else None
-        tail = f"; last stderr line: {one_line(last, (), 200)}" if last else ""
+        tail = f"; last stderr line: {one_line(last, secrets, 200)}" if last else ""
         return ServerUnavailable(f"{where} closed the connection{tail}")
     if code == types.REQUEST_TIMEOUT:
         return ServerTimeout(

@@ -151,6 +151,7 @@ class Pool:
         self.spawned = 0
         self.retries = 0
         self._background: set[asyncio.Task[None]] = set()
+        self.closed = False
 
     def stats(self) -> dict[str, int]:
         live = [s for s in self.sessions.values() if s.client is not None]
@@ -179,6 +180,8 @@ class Pool:
             session.lease()
             return session, False
         if session is None or not session.usable:
+            if self.closed:
+                raise ServerUnavailable("the MCP runtime is shutting down; retry the call")
             if session is not None:
                 self._drop(session)
             session = Session(key, config, settings, on_spawn=self._count_spawn)
@@ -266,7 +269,8 @@ class Pool:
             limit.release()
 
     async def close_all(self) -> None:
-        """Close every session (reaping stdio children), concurrently."""
+        """Close every session (reaping stdio children), concurrently; open no new ones after."""
+        self.closed = True
         sessions = list(self.sessions.values())
         self.sessions.clear()
         if self._background:

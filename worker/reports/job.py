@@ -120,6 +120,7 @@ def _generate(
     with session_scope() as session:
         existing = report_for_task(session, task_id)
         if existing is not None:
+            logger.info("report %s already stored for this task; returning it", existing.id)
             return ReportResult(
                 existing.id, task_id, existing.period, existing.refined, existing.refine_error, False
             )
