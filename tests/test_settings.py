@@ -14,7 +14,7 @@ from worker.settings import Settings
 def test_embedded_defaults_use_one_data_folder(tmp_path: Path) -> None:
     settings = Settings.from_env({"MCP_DATA_DIR": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{tmp_path / 'mcp-worker.sqlite3'}"
-    assert settings.broker_url == "filesystem://" and settings.broker_is_embedded
+    assert settings.broker_url.startswith("filesystem://") and settings.broker_is_embedded
     assert settings.result_backend == f"file://{tmp_path / 'results'}"
     assert (
         settings.db_pool_size,

@@ -265,25 +265,24 @@ def run_demo(*, keep_running: bool = False) -> int:
             result = submit_tool(user, service, "fetch_weekly_report", {})
             task_ids.append(result.id)
             _progress(f"enqueued fetch_weekly_report over {transport} for {user} ({result.id})")
-        report = submit_report("demo-user", "openproject_weekly_report", "weekly_report.j2")
+        report = submit_report("demo-user", "openproject_weekly_report", "executive_summary.j2")
         _progress(f"enqueued a weekly report for demo-user ({report.id})")
 
         deadline = started + DEMO_TIMEOUT_S
         rows: dict[str, dict[str, Any]] = {}
         report_row = None
+        shown = ""
         while time.monotonic() < deadline:
             rows = _final_rows(task_ids)
             report_row = _report_row(report.id)
             report_failed = _final_rows([report.id]).get(report.id, {}).get("status") == "error"
-            print(
-                f"\r  waiting: {len(rows)}/{len(task_ids)} tool calls, report {'done' if report_row else 'pending'}",
-                end="",
-                flush=True,
-            )
+            state = f"{len(rows)}/{len(task_ids)} tool calls done, report {'done' if report_row else 'pending'}"
+            if state != shown:
+                _progress(state)
+                shown = state
             if (len(rows) == len(task_ids) and report_row is not None) or report_failed:
                 break
             time.sleep(0.2)
-        print()
 
         print("\nExecutions (mcp_executions):")
         table = [

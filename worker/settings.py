@@ -162,7 +162,8 @@ class Settings:
         broker = env.get("CELERY_BROKER_URL", "").strip()
         broker_embedded = not broker
         if broker_embedded:
-            broker = "filesystem://"
+            # The file transport ignores the host; naming one keeps Kombu from warning about it.
+            broker = "filesystem://localhost/"
         backend = env.get("CELERY_RESULT_BACKEND", "").strip()
         if not backend:
             backend = f"file://{data_dir / 'results'}" if broker_embedded else broker
