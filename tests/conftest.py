@@ -25,6 +25,7 @@ from testenv import (
     TEST_DB_NAME,
     TEST_DB_URL,
     _pg_url,
+    release_redis_db,
 )
 
 
@@ -76,6 +77,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         admin.dispose()
     except Exception as exc:
         print(f"warning: could not drop {TEST_DB_NAME}: {exc}", file=sys.stderr)
+    release_redis_db()
 
 
 @pytest.fixture

@@ -13,8 +13,11 @@ import sqlalchemy as sa
 
 ADMIN_DB_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_BASE_URL = (os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379").rstrip("/")
-REDIS_TEST_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
 RUN_ID = secrets.token_hex(4)
+# Redis databases a run may take; a run holds one through a lease key in database 0, so test runs
+# in parallel (developers, helpers) never share queues, results or remote-control channels.
+REDIS_TEST_DBS = range(1, 16)
+REDIS_LEASE_S = 3 * 3600
 TEST_DB_NAME = f"mcp_worker_test_{RUN_ID}"
 DATA_DIR = Path(tempfile.mkdtemp(prefix=f"mcp-worker-test-{RUN_ID}-"))
 
@@ -26,13 +29,50 @@ def _pg_url(database: str) -> str:
     return url.set(database=database).render_as_string(hide_password=False)
 
 
-def _redis_url() -> str:
+def _redis_base() -> str:
     base = REDIS_BASE_URL
-    # Drop any database number the caller gave; the tests own one database.
+    # Drop any database number the caller gave; the tests pick their own.
     head, _, tail = base.rpartition("/")
     if tail.isdigit() and head.count("/") >= 2:
         base = head
-    return f"{base}/{REDIS_TEST_DB}"
+    return base
+
+
+def _claim_redis_db() -> int:
+    """TEST_REDIS_DB when set, else the first database no other live run holds (0 if Redis is down:
+    the session start then reports Redis as unreachable)."""
+    if os.environ.get("TEST_REDIS_DB"):
+        return int(os.environ["TEST_REDIS_DB"])
+    import redis
+
+    try:
+        client = redis.Redis.from_url(f"{_redis_base()}/0", socket_connect_timeout=3)
+        for db in REDIS_TEST_DBS:
+            if client.set(f"mcp-worker-test-db:{db}", RUN_ID, nx=True, ex=REDIS_LEASE_S):
+                return db
+    except redis.RedisError:
+        return 0
+    raise RuntimeError("every Redis test database is held by another test run; set TEST_REDIS_DB")
+
+
+def release_redis_db() -> None:
+    """Give the run's Redis database back (called at the end of the session)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(f"{_redis_base()}/0", socket_connect_timeout=3)
+        key = f"mcp-worker-test-db:{REDIS_TEST_DB}"
+        if client.get(key) == RUN_ID.encode():
+            client.delete(key)
+    except redis.RedisError:
+        pass
+
+
+REDIS_TEST_DB = _claim_redis_db()
+
+
+def _redis_url() -> str:
+    return f"{_redis_base()}/{REDIS_TEST_DB}"
 
 
 OPENAI_TEST_KEY = "sk-test-openai-key-for-the-fake-0001"

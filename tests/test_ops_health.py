@@ -1,0 +1,256 @@
+"""`mcp-worker health`: each component up and down, services, stuck rows, and no secret in sight."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from processes import free_port
+from testenv import BROKER_URL, DEMO_HTTP_TOKEN, REDIS_TEST_DB
+
+from worker import executions
+from worker.db import session_scope
+from worker.health import (
+    STUCK_REASON,
+    Check,
+    Status,
+    bounded,
+    find_stuck,
+    one_line,
+    stuck_after,
+)
+from worker.models import McpExecution
+from worker.registry import save_service
+from worker.settings import get_settings
+
+CLI = [sys.executable, "-m", "worker.cli"]
+# The CLI's own bound is a few seconds per check; this only stops a runaway test.
+RUN_TIMEOUT_S = 90
+
+
+def health(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
+    """Run `mcp-worker health --json ...` as a probe would; returns (exit code, JSON, stderr)."""
+    done = subprocess.run(
+        [*CLI, "health", "--json", *args],
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def by_component(report: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {c["component"]: c for c in report["checks"]}
+
+
+def test_everything_up_with_a_worker_running(worker_proc: object) -> None:
+    code, report, stderr = health("--timeout", "5")
+    checks = by_component(report)
+    assert code == 0, report
+    assert report["healthy"] is True
+    assert checks["database"]["status"] == "ok" and "(head)" in checks["database"]["detail"]
+    assert checks["broker"]["status"] == "ok"
+    assert checks["workers"]["status"] == "ok"
+    assert getattr(worker_proc, "name") in checks["workers"]["detail"]
+    assert checks["stuck executions"]["status"] == "ok"
+    assert stderr == ""
+
+
+def test_table_output_names_every_component(worker_proc: object) -> None:
+    done = subprocess.run(
+        [*CLI, "health"], capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=dict(os.environ)
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    header, rule, *rows = done.stdout.splitlines()
+    assert header.split() == ["component", "status", "detail"]
+    assert {row.split()[0] for row in rows} >= {"database", "broker", "workers"}
+
+
+def test_broker_down_is_named_and_its_password_never_shown() -> None:
+    password = f"brokerpw-{uuid.uuid4().hex[:8]}"
+    url = f"redis://:{password}@127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
+    code, report, stderr = health("--timeout", "2", env=env)
+    checks = by_component(report)
+    assert code == 1
+    assert checks["broker"]["status"] == "down"
+    assert checks["workers"]["status"] == "down"
+    assert checks["database"]["status"] == "ok"
+    assert "broker" in stderr and "unhealthy" in stderr
+    assert password not in json.dumps(report) + stderr
+    assert all("\n" not in c["detail"] for c in report["checks"])
+
+
+def test_database_down_is_named_and_its_password_never_shown(worker_proc: object) -> None:
+    password = f"dbpw-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://postgres:{password}@127.0.0.1:{free_port()}/nothing",
+    }
+    code, report, stderr = health("--timeout", "2", env=env)
+    checks = by_component(report)
+    assert code == 1
+    assert checks["database"]["status"] == "down"
+    assert "127.0.0.1" in checks["database"]["detail"]
+    assert checks["broker"]["status"] == "ok"
+    assert "database" in stderr
+    assert password not in json.dumps(report) + stderr
+    # Without a database the stuck-row check cannot run, and the services are not listed.
+    assert "stuck executions" not in checks
+
+
+def test_no_worker_is_down() -> None:
+    # A Redis database no worker consumes: the broker is up, nobody answers the ping.
+    url = f"{BROKER_URL.rsplit('/', 1)[0]}/{(REDIS_TEST_DB + 1) % 16}"
+    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
+    code, report, stderr = health("--timeout", "1", env=env)
+    checks = by_component(report)
+    assert code == 1
+    assert checks["broker"]["status"] == "ok"
+    assert checks["workers"]["status"] == "down"
+    assert "no worker answered" in checks["workers"]["detail"]
+    assert "workers" in stderr
+
+
+@pytest.fixture
+def services(clean_db: None, demo_http: str) -> Iterator[dict[str, str]]:
+    """One reachable service and one whose server is gone, each with a recognisable key."""
+    user = f"ops-{uuid.uuid4().hex[:6]}"
+    dead_key = f"sk-live-HEALTHDEAD-{uuid.uuid4().hex}"
+    with session_scope() as session:
+        save_service(
+            session,
+            {
+                "user_id": user,
+                "desc": "pm-http",
+                "interaction_mode": "streamable_http",
+                "url": demo_http,
+                "api_key": DEMO_HTTP_TOKEN,
+            },
+        )
+        save_service(
+            session,
+            {
+                "user_id": user,
+                "desc": "gone",
+                "interaction_mode": "streamable_http",
+                "url": f"http://127.0.0.1:{free_port()}/mcp",
+                "api_key": dead_key,
+            },
+        )
+    yield {"user": user, "live_key": DEMO_HTTP_TOKEN, "dead_key": dead_key}
+
+
+def test_services_are_checked_one_by_one_without_showing_keys(
+    worker_proc: object, services: dict[str, str]
+) -> None:
+    user = services["user"]
+    code, report, stderr = health("--services", "--timeout", "3")
+    checks = by_component(report)
+    assert checks[f"service {user}/pm-http"]["status"] == "ok"
+    assert "tool(s)" in checks[f"service {user}/pm-http"]["detail"]
+    assert checks[f"service {user}/gone"]["status"] == "down"
+    assert checks["services"]["detail"] == "2 configured"
+    assert code == 1
+    assert f"service {user}/gone" in stderr
+    text = json.dumps(report) + stderr
+    assert services["live_key"] not in text
+    assert services["dead_key"] not in text
+
+
+def _running_row(started_ago: timedelta, attempts: int) -> str:
+    task_id = f"stuck-{uuid.uuid4()}"
+    with session_scope() as session:
+        session.add(
+            McpExecution(
+                task_id=task_id,
+                user_id="ops",
+                tool_desc="pm",
+                tool_name="echo",
+                status=executions.Status.RUNNING.value,
+                attempts=attempts,
+                started_at=datetime.now(UTC) - started_ago,
+            )
+        )
+    return task_id
+
+
+def _row(task_id: str) -> McpExecution:
+    with session_scope() as session:
+        row = executions.get(session, task_id)
+        assert row is not None
+        return row
+
+
+def test_stuck_rows_are_reported_and_fixed_only_when_asked(clean_db: None) -> None:
+    settings = get_settings()
+    one = stuck_after(settings, 1)
+    stuck = _running_row(one + timedelta(seconds=30), attempts=1)
+    recent = _running_row(timedelta(seconds=5), attempts=1)
+    # On its third attempt a row may have started three hard limits (and two backoffs) ago.
+    retried = _running_row(2 * one, attempts=3)
+
+    found = find_stuck(settings)
+    assert [r["task_id"] for r in found] == [stuck]
+    assert _row(stuck).status == "running"
+
+    fixed = find_stuck(settings, fix=True)
+    assert [r["task_id"] for r in fixed] == [stuck]
+    row = _row(stuck)
+    assert row.status == "error"
+    assert row.error_message == STUCK_REASON
+    assert row.finished_at is not None
+    assert _row(recent).status == "running"
+    assert _row(retried).status == "running"
+    assert find_stuck(settings) == []
+
+
+def test_health_fix_stuck_reports_a_warning_not_an_outage(worker_proc: object, clean_db: None) -> None:
+    stuck = _running_row(stuck_after(get_settings(), 1) + timedelta(minutes=1), attempts=1)
+    code, report, _ = health("--timeout", "5")
+    check = by_component(report)["stuck executions"]
+    assert check["status"] == "warn" and "1 row(s)" in check["detail"]
+    assert code == 0
+    assert _row(stuck).status == "running"
+
+    code, report, _ = health("--timeout", "5", "--fix-stuck")
+    assert code == 0
+    assert "marked 1 row(s) error" in by_component(report)["stuck executions"]["detail"]
+    assert _row(stuck).status == "error"
+    with session_scope() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(McpExecution)) == 1
+
+
+def test_a_check_that_hangs_is_reported_down_after_its_timeout() -> None:
+    release = threading.Event()
+
+    def hangs() -> Check:
+        release.wait(30)
+        return Check("slow", Status.OK, "late")
+
+    try:
+        result = bounded("slow", hangs, 0.2)()
+    finally:
+        release.set()
+    assert result == Check("slow", Status.DOWN, "no answer within 0.2s")
+
+
+def test_a_check_that_raises_is_one_redacted_line() -> None:
+    def raises() -> Check:
+        raise RuntimeError("first line\nsecond line with Bearer abcdefgh12345")
+
+    assert bounded("x", raises, 5)() == Check("x", Status.DOWN, "RuntimeError: first line")
+    detail = one_line(ValueError("refused key sk-live-ONELINE-0001 at host"), ["sk-live-ONELINE-0001"])
+    assert detail == "ValueError: refused key *** at host"
+    assert len(one_line(ValueError("x" * 1000))) <= 200

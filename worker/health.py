@@ -1,0 +1,393 @@
+"""Health checks for operators and container probes: database, broker, workers, services, stuck rows.
+
+Each check returns one `Check` (component, status, a one-line detail) and never raises: a failure
+is a `down` row whose detail names the error class and its first line, run through
+`worker.redaction.redact` so no credential reaches a terminal or a probe log. Every check runs in
+a daemon thread bounded by the caller's timeout, so a library that ignores its own timeout cannot
+hang a container health check.
+
+Stuck rows (`mcp_executions` left `running` past the longest hard time limit, e.g. after a worker
+was SIGKILLed on the embedded broker) are reported as `warn`, not `down`: they are data to clean up
+(`fix_stuck` marks them `error`), and restarting a container would not fix them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from worker.redaction import redact
+from worker.registry import ServiceConfig
+from worker.settings import Settings, get_settings
+
+# A container probe runs every few seconds; each check answers within this unless told otherwise.
+DEFAULT_TIMEOUT_S = 3.0
+# Slack for a check's thread over its own timeout (imports, the first connection's handshake).
+THREAD_MARGIN_S = 1.0
+# A detail line is for a table cell; the full story is in the component's own logs.
+DETAIL_MAX = 200
+# The retry countdown cap of the tasks (worker.tasks.RETRY_BACKOFF_MAX_S): a row on its k-th
+# attempt may legitimately have started k hard limits plus k-1 backoffs ago.
+RETRY_BACKOFF_MAX_S = 120
+STUCK_REASON = "marked error by health: running longer than the hard time limit"
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the health table."""
+
+    component: str
+    status: Status
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"component": self.component, "status": self.status.value, "detail": self.detail}
+
+
+def one_line(exc: BaseException, secrets: Sequence[str] = ()) -> str:
+    """`ErrorClass: first line of the message`, redacted and cut to a table cell."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    text = redact(text, [s for s in secrets if s])
+    return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 3] + "..."
+
+
+def bounded(component: str, check: Callable[[], Check], timeout: float) -> Callable[[], Check]:
+    """Start `check` in a daemon thread; the returned callable waits at most `timeout` for it.
+
+    A check still running then is reported `down` and abandoned (daemon: it cannot keep the
+    process alive).
+    """
+    box: list[Check] = []
+
+    def run() -> None:
+        try:
+            box.append(check())
+        except Exception as exc:
+            box.append(Check(component, Status.DOWN, one_line(exc)))
+
+    thread = threading.Thread(target=run, name=f"health {component}", daemon=True)
+    thread.start()
+
+    def wait() -> Check:
+        thread.join(timeout)
+        if box:
+            return box[0]
+        return Check(component, Status.DOWN, f"no answer within {timeout:g}s")
+
+    return wait
+
+
+# ---------------------------------------------------------------- database
+
+
+def _health_engine(url: URL, timeout: float) -> sa.Engine:
+    """A throwaway engine whose connect and statements are bounded by `timeout`."""
+    seconds = max(1, round(timeout))
+    if url.get_backend_name() == "sqlite":
+        return sa.create_engine(url, poolclass=NullPool, connect_args={"timeout": timeout})
+    if url.get_backend_name() == "postgresql":
+        return sa.create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={
+                "connect_timeout": seconds,
+                "options": f"-c statement_timeout={seconds * 1000}",
+            },
+        )
+    return sa.create_engine(url, poolclass=NullPool)
+
+
+def _where(url: URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite {url.database}"
+    port = f":{url.port}" if url.port else ""
+    return f"{url.get_backend_name()} {url.host or 'localhost'}{port}/{url.database or ''}"
+
+
+def check_database(settings: Settings, timeout: float) -> Check:
+    """Reachable, and every migration the package ships applied."""
+    from alembic.runtime.migration import MigrationContext
+
+    from worker.schema import head_revision
+
+    url = sa.make_url(settings.database_url)
+    secrets = [url.password] if isinstance(url.password, str) else []
+    where = _where(url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return Check("database", Status.DOWN, f"{where}: no database file (run mcp-worker db upgrade)")
+    engine = _health_engine(url, timeout)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except Exception as exc:
+        return Check("database", Status.DOWN, f"{where}: {one_line(exc, secrets)}")
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if current != head:
+        return Check(
+            "database",
+            Status.DOWN,
+            f"{where}: at revision {current or 'none'}, head is {head} (run mcp-worker db upgrade)",
+        )
+    return Check("database", Status.OK, f"{where}: revision {current} (head)")
+
+
+# ---------------------------------------------------------------- broker and workers
+
+
+def _broker_secrets(settings: Settings) -> list[str]:
+    passwords = (urlsplit(raw).password for raw in (settings.broker_url, settings.result_backend))
+    return [p for p in passwords if p]
+
+
+def _broker_where(settings: Settings) -> str:
+    if settings.broker_is_embedded:
+        return f"embedded file broker in {settings.data_dir / 'broker'}"
+    url = settings.broker_url
+    scheme, _, rest = url.partition("://")
+    host = rest.rsplit("@", 1)[-1]  # drop any user:password@
+    return f"{scheme}://{host}"
+
+
+def _connection(timeout: float) -> Any:
+    from worker.celery import app
+
+    return app.connection_for_write(
+        connect_timeout=timeout,
+        transport_options={"socket_connect_timeout": timeout, "socket_timeout": timeout, "max_retries": 1},
+    )
+
+
+def check_broker(settings: Settings, timeout: float) -> Check:
+    """A connection to the broker (for the embedded file broker: its folders are writable)."""
+    where = _broker_where(settings)
+    if settings.broker_is_embedded:
+        from worker.celery import app
+
+        # The folder the configuration names (loading it creates the folders, as a worker would).
+        folder = Path(app.conf.broker_transport_options["data_folder_in"])
+        if not folder.is_dir():
+            return Check("broker", Status.DOWN, f"{where}: {folder} is missing")
+        probe = folder / f".health-{threading.get_ident()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return Check("broker", Status.DOWN, f"{where}: {one_line(exc)}")
+        return Check("broker", Status.OK, where)
+    conn = _connection(timeout)
+    try:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    except Exception as exc:
+        return Check("broker", Status.DOWN, f"{where}: {one_line(exc, _broker_secrets(settings))}")
+    finally:
+        conn.release()
+    return Check("broker", Status.OK, where)
+
+
+def check_workers(settings: Settings, timeout: float) -> Check:
+    """At least one worker answers a ping within `timeout`."""
+    from worker.celery import app
+
+    conn = _connection(timeout)
+    try:
+        replies = app.control.ping(timeout=timeout, connection=conn) or []
+    except Exception as exc:
+        return Check("workers", Status.DOWN, one_line(exc, _broker_secrets(settings)))
+    finally:
+        conn.release()
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        return Check("workers", Status.DOWN, f"no worker answered a ping within {timeout:g}s")
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return Check("workers", Status.OK, f"{len(names)} answered: {shown}")
+
+
+# ---------------------------------------------------------------- MCP services
+
+
+def _with_timeout(config: ServiceConfig, settings: Settings, timeout: float) -> ServiceConfig:
+    """`config` with its connect and call timeouts capped at `timeout` (params win in timeouts_for)."""
+    from worker.mcp.transports import timeouts_for
+
+    own = timeouts_for(config, settings)
+    params = {
+        **config.params,
+        "connect_timeout": min(own.connect, timeout),
+        "call_timeout": min(own.call, timeout),
+    }
+    return dataclasses.replace(config, params=params)
+
+
+def service_component(config: ServiceConfig) -> str:
+    return redact(f"service {config.user_id}/{config.desc}", config.secrets())
+
+
+def check_service(config: ServiceConfig, settings: Settings, timeout: float) -> Check:
+    """The service's server answers `tools/list`."""
+    from worker import mcp
+
+    component = service_component(config)
+    try:
+        tools = mcp.list_tools(_with_timeout(config, settings, timeout), settings=settings)
+    except Exception as exc:
+        return Check(component, Status.DOWN, one_line(exc, config.secrets()))
+    return Check(component, Status.OK, f"{config.mode}: {len(tools)} tool(s)")
+
+
+def list_configured_services(settings: Settings) -> list[ServiceConfig]:
+    """Every configured service (all users), from the database or the development file."""
+    from worker.registry import list_services
+
+    if settings.development_mode:
+        return list_services(None)
+    from worker.db import session_scope
+
+    with session_scope() as session:
+        return list_services(session)
+
+
+# ---------------------------------------------------------------- stuck rows
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands timezone-aware columns back naive; they were stored in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def stuck_after(settings: Settings, attempts: int) -> timedelta:
+    """How long after its first start a row on attempt `attempts` may still legitimately run."""
+    hard = max(settings.task_time_limit, settings.report_time_limit)
+    attempts = max(1, attempts)
+    return timedelta(seconds=hard * attempts + RETRY_BACKOFF_MAX_S * (attempts - 1))
+
+
+def find_stuck(settings: Settings, now: datetime | None = None, fix: bool = False) -> list[dict[str, Any]]:
+    """Rows `running` longer than the hard time limit allows; with `fix`, mark them `error`."""
+    from worker import executions
+    from worker.db import session_scope
+    from worker.models import McpExecution
+
+    now = now or datetime.now(UTC)
+    earliest = now - stuck_after(settings, 1)
+    with session_scope() as session:
+        rows = session.execute(
+            sa.select(
+                McpExecution.id, McpExecution.task_id, McpExecution.started_at, McpExecution.attempts
+            ).where(
+                McpExecution.status == executions.Status.RUNNING.value,
+                McpExecution.started_at < earliest,
+            )
+        ).all()
+        stuck = [
+            {"id": r.id, "task_id": r.task_id, "started_at": _aware(r.started_at), "attempts": r.attempts}
+            for r in rows
+            if _aware(r.started_at) < now - stuck_after(settings, r.attempts)
+        ]
+        if fix and stuck:
+            session.execute(
+                sa.update(McpExecution)
+                .where(
+                    McpExecution.id.in_([r["id"] for r in stuck]),
+                    McpExecution.status == executions.Status.RUNNING.value,
+                )
+                .values(status=executions.Status.ERROR.value, error_message=STUCK_REASON, finished_at=now)
+            )
+    return stuck
+
+
+def check_stuck(settings: Settings, fix: bool) -> Check:
+    stuck = find_stuck(settings, fix=fix)
+    if not stuck:
+        return Check("stuck executions", Status.OK, "none running past the hard time limit")
+    ids = ", ".join(str(r["id"]) for r in stuck[:10]) + (" ..." if len(stuck) > 10 else "")
+    if fix:
+        return Check("stuck executions", Status.WARN, f"marked {len(stuck)} row(s) error: {ids}")
+    return Check(
+        "stuck executions",
+        Status.WARN,
+        f"{len(stuck)} row(s) running past the hard time limit: {ids} (--fix-stuck marks them error)",
+    )
+
+
+# ---------------------------------------------------------------- all together
+
+
+def run_checks(
+    *,
+    services: bool = False,
+    fix_stuck: bool = False,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    settings: Settings | None = None,
+) -> list[Check]:
+    """Run every check concurrently, each bounded by `timeout`; returns them in a fixed order."""
+    settings = settings or get_settings()
+    wait_for = timeout + THREAD_MARGIN_S
+    pending = [
+        bounded("database", lambda: check_database(settings, timeout), wait_for),
+        bounded("broker", lambda: check_broker(settings, timeout), wait_for),
+        bounded("workers", lambda: check_workers(settings, timeout), wait_for),
+    ]
+    checks = [wait() for wait in pending]
+    if checks[0].status is Status.OK:
+        checks.append(bounded("stuck executions", lambda: check_stuck(settings, fix_stuck), wait_for)())
+    if services:
+        checks += _check_services(settings, timeout, database_ok=checks[0].status is Status.OK)
+    return checks
+
+
+def _check_services(settings: Settings, timeout: float, *, database_ok: bool) -> list[Check]:
+    if not settings.development_mode and not database_ok:
+        return [Check("services", Status.DOWN, "not checked: the database is down")]
+    box: list[list[ServiceConfig]] = []
+
+    def listing() -> Check:
+        box.append(list_configured_services(settings))
+        return Check("services", Status.OK, f"{len(box[0])} configured")
+
+    summary = bounded("services", listing, timeout + THREAD_MARGIN_S)()
+    if not box:
+        return [summary]
+    # Connect + list may each take `timeout`; the session close after it is bounded in the pool.
+    per_service = 2 * timeout + THREAD_MARGIN_S
+    waits = [
+        bounded(service_component(c), functools.partial(check_service, c, settings, timeout), per_service)
+        for c in box[0]
+    ]
+    try:
+        return [summary, *(wait() for wait in waits)]
+    finally:
+        _close_sessions(timeout)
+
+
+def _close_sessions(timeout: float) -> None:
+    """Close the sessions the checks opened and reap any stdio child they started, within `timeout`."""
+    from worker import mcp
+
+    closer = threading.Thread(target=mcp.shutdown_runtime, name="health close sessions", daemon=True)
+    closer.start()
+    closer.join(timeout + THREAD_MARGIN_S)
+
+
+def healthy(checks: Sequence[Check]) -> bool:
+    return all(c.status is not Status.DOWN for c in checks)
