@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker import executions, mcp
 from worker.db import session_scope
-from worker.errors import ToolFailed, TransientError, WorkerError
+from worker.errors import PermanentError, ToolFailed, TransientError, WorkerError
 from worker.redaction import redact, redact_params, register_secrets
 from worker.registry import ServiceConfig, resolve
 from worker.settings import Settings, get_settings
@@ -27,6 +31,8 @@ from worker.validation import validate_tool_request
 logger = logging.getLogger(__name__)
 
 SUMMARY_CHARS = 200
+# How often a duplicate delivery looks at the row another delivery holds.
+HOLDER_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,31 @@ def merge_arguments(config: ServiceConfig, arguments: dict[str, Any]) -> dict[st
     return {**config.tool_defaults, **arguments}
 
 
+def _wait_for_holder(task_id: str, begun: executions.Begun) -> CallResult | None:
+    """Another delivery of this task holds the row: wait for its outcome and return it, or
+    return None once its lease has run out (the holder died) so the caller claims the row.
+
+    Raises:
+        PermanentError: the holder's attempt ended in a final error.
+    """
+    logger.info(
+        "execution %s is held by another delivery until %s; waiting for it", begun.id, begun.held_until
+    )
+    while True:
+        time.sleep(HOLDER_POLL_S)
+        with session_scope() as session:
+            status, result, error, attempts, held_until = executions.outcome(session, task_id)
+        if status == executions.Status.SUCCESS:
+            return CallResult(begun.id, task_id, "success", result, None, attempts or 0, True)
+        if status == executions.Status.ERROR:
+            raise PermanentError(f"another delivery of this task failed: {error}")
+        if status == executions.Status.RETRYING:
+            # The holder failed transiently and its retry is already scheduled: nothing to add.
+            return CallResult(begun.id, task_id, "retrying", None, None, attempts or 0, True)
+        if held_until is None or held_until < datetime.now(UTC):
+            return None
+
+
 def _elapsed_ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
@@ -84,15 +115,29 @@ def run_tool_call(
     user, desc, name, args = validate_tool_request(
         user_id, service, tool, arguments, max_argument_bytes=settings.max_argument_bytes
     )
-    with session_scope() as session:
-        begun = executions.begin(
-            session, task_id=task_id, user_id=user, service=desc, tool=name, params=redact_params(args)
-        )
-    if begun.already_succeeded:
-        logger.info("execution %s already succeeded; returning the stored result", begun.id)
-        return CallResult(
-            begun.id, task_id, "success", begun.result, begun.execution_time_ms, begun.attempts, True
-        )
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:64]
+    while True:
+        with session_scope() as session:
+            begun = executions.begin(
+                session,
+                task_id=task_id,
+                user_id=user,
+                service=desc,
+                tool=name,
+                params=redact_params(args),
+                owner=owner,
+                lease_seconds=settings.task_soft_time_limit,
+            )
+        if begun.already_succeeded:
+            logger.info("execution %s already succeeded; returning the stored result", begun.id)
+            return CallResult(
+                begun.id, task_id, "success", begun.result, begun.execution_time_ms, begun.attempts, True
+            )
+        if begun.claimed:
+            break
+        held = _wait_for_holder(task_id, begun)
+        if held is not None:
+            return held
 
     started = time.perf_counter()
     stored_params: Any = None

@@ -68,6 +68,7 @@ class McpExecution(Base):
         sa.Index("idx_mcp_executions_tool_desc", "tool_desc"),
         sa.Index("idx_mcp_executions_created_at", "created_at"),
         sa.Index("idx_mcp_executions_task_id", "task_id", unique=True),
+        sa.Index("idx_mcp_executions_status_started", "status", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -84,6 +85,8 @@ class McpExecution(Base):
     attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
     started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class McpTemplate(Base):

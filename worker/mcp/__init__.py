@@ -36,6 +36,8 @@ LIST_TOOLS_PAGE_CAP = 100
 # Closing everything: sessions close concurrently, each bounded by pool.SESSION_CLOSE_TIMEOUT
 # plus its abort grace.
 SHUTDOWN_TIMEOUT = 15.0
+# Reading counters only waits for the loop to get a turn.
+STATS_TIMEOUT = 5.0
 # Time for calls cancelled by shutdown to unwind (their sessions are already closed).
 CALLER_CANCEL_TIMEOUT = 2.0
 
@@ -113,7 +115,7 @@ def pool_stats() -> dict[str, int]:
         pool = current_pool()
         return pool.stats() if pool is not None else empty | {"in_flight": 0, "retries": 0}
 
-    return run_sync(stats(), 5.0)
+    return run_sync(stats(), STATS_TIMEOUT)
 
 
 def shutdown_runtime() -> None:

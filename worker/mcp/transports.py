@@ -19,12 +19,12 @@ import shlex
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
-from mcp.client._transport import TransportStreams
+from mcp.client import IncomingMessage
+from mcp.client._transport import TransportStreams  # the SDK's transports use it; no public alias yet
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE, streamable_http_client
@@ -92,7 +92,7 @@ class Probe:
     spawned: bool = False
     transport_error: Exception | None = None
 
-    async def on_message(self, message: Any) -> None:
+    async def on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, ValueError):
             # Only the type: the text of a parse error quotes the server's output.
             self.stream_error = type(message).__name__

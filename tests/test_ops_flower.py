@@ -1,0 +1,191 @@
+"""Flower 2.2 in front of the real worker: auth, the worker list, submitting a task over HTTP (the
+non-Python producer's path), the task list without secrets, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+from processes import Proc, free_port, spawn, start_demo_server, wait_until
+from testenv import LOG_DIR, RUN_ID
+
+from worker import executions
+from worker.db import session_scope
+from worker.registry import save_service
+
+FLOWER_USER = "ops"
+FLOWER_PASSWORD = f"flower-pw-{RUN_ID}"
+# The service's key: recognisable, so a leak anywhere in Flower's answers is found by a substring.
+SERVICE_KEY = f"sk-live-FLOWERTEST-{uuid.uuid4().hex}"
+START_TIMEOUT_S = 60.0
+# Events reach Flower, and rows reach Postgres, within seconds; the bound is for a loaded machine.
+WAIT_S = 60.0
+HTTP_TIMEOUT = httpx2.Timeout(10.0)
+
+
+@pytest.fixture(scope="module")
+def flower(worker_proc: Proc) -> Iterator[str]:
+    """Flower on a free loopback port with basic auth; yields its base URL."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "flower",
+        f"--port={port}",
+        "--address=127.0.0.1",
+        f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
+    ]
+    proc = spawn(f"flower-{port}", argv, os.environ, LOG_DIR)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"flower exited early:\n{proc.log()[-4000:]}")
+        try:
+            return httpx2.get(f"{base}/healthcheck", timeout=1.0).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    try:
+        wait_until(ready, START_TIMEOUT_S, f"flower on port {port}", interval=0.2)
+        yield base
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[dict[str, str]]:
+    """A demo server that requires SERVICE_KEY, and a user's service row pointing at it."""
+    proc, url = start_demo_server("streamable-http", LOG_DIR, token=SERVICE_KEY)
+    user = f"flower-{uuid.uuid4().hex[:6]}"
+    with session_scope() as session:
+        save_service(
+            session,
+            {"user_id": user, "desc": "pm", "interaction_mode": "http", "url": url, "api_key": SERVICE_KEY},
+        )
+    yield {"user": user, "desc": "pm"}
+    proc.stop()
+
+
+@pytest.fixture
+def client(flower: str) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=flower, auth=(FLOWER_USER, FLOWER_PASSWORD), timeout=HTTP_TIMEOUT) as c:
+        yield c
+
+
+def submit(client: httpx2.Client, kwargs: dict[str, Any]) -> str:
+    response = client.post("/api/task/async-apply/mcp.execute_tool", json={"kwargs": kwargs})
+    assert response.status_code == 200, response.text
+    task_id = response.json()["task-id"]
+    assert isinstance(task_id, str) and task_id
+    return task_id
+
+
+def final_row(task_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        with session_scope() as session:
+            row = executions.get(session, task_id)
+            if row is not None and row.status in ("success", "error"):
+                return executions.as_dict(row)
+        return None
+
+    return wait_until(done, WAIT_S, f"the execution row of {task_id}", interval=0.1)  # type: ignore[no-any-return]
+
+
+def flower_task(client: httpx2.Client, task_id: str, state: str) -> tuple[dict[str, Any], str]:
+    """Poll /api/tasks until it lists `task_id` in `state`; returns the task and the whole body."""
+
+    def listed() -> tuple[dict[str, Any], str] | None:
+        response = client.get("/api/tasks", params={"limit": 100})
+        assert response.status_code == 200, response.text
+        task = response.json().get(task_id)
+        return (task, response.text) if task and task.get("state") == state else None
+
+    return wait_until(listed, WAIT_S, f"flower to list {task_id} as {state}", interval=0.2)  # type: ignore[no-any-return]
+
+
+def test_api_and_ui_require_credentials(flower: str) -> None:
+    with httpx2.Client(base_url=flower, timeout=HTTP_TIMEOUT) as anonymous:
+        assert anonymous.get("/api/workers").status_code == 401
+        assert anonymous.get("/api/tasks").status_code == 401
+        assert anonymous.post("/api/task/async-apply/mcp.execute_tool", json={}).status_code == 401
+        assert anonymous.get("/api/workers", auth=(FLOWER_USER, "wrong")).status_code == 401
+        assert anonymous.get("/tasks").status_code == 401
+
+
+def test_workers_lists_the_running_worker(client: httpx2.Client, worker_proc: Proc) -> None:
+    def listed() -> dict[str, Any] | None:
+        response = client.get("/api/workers", params={"refresh": 1})
+        assert response.status_code == 200, response.text
+        workers = response.json()
+        return workers if worker_proc.name in workers else None
+
+    workers = wait_until(listed, WAIT_S, f"flower to list {worker_proc.name}", interval=0.5)
+    queues = {q["name"] for q in workers[worker_proc.name].get("active_queues", [])}
+    assert {"mcp.tools", "mcp.reports", "mcp.schedule"} <= queues
+
+
+def test_a_task_submitted_over_http_runs_and_shows_no_secret(
+    client: httpx2.Client, service: dict[str, str]
+) -> None:
+    kwargs = {"user_id": service["user"], "service": service["desc"], "tool": "whoami", "arguments": {}}
+    task_id = submit(client, kwargs)
+
+    row = final_row(task_id)
+    assert row["status"] == "success", row["error_message"]
+    assert row["user_id"] == service["user"] and row["tool"] == "whoami"
+    assert row["result"]["key_sha256"]  # the server saw the key (only its digest comes back)
+
+    def result() -> dict[str, Any] | None:
+        body = client.get(f"/api/task/result/{task_id}").json()
+        return body if body["state"] == "SUCCESS" else None
+
+    answer = wait_until(result, WAIT_S, f"the result of {task_id}", interval=0.2)
+    assert answer["result"]["execution_id"] == row["id"]
+    assert answer["result"]["status"] == "success"
+
+    task, body = flower_task(client, task_id, "SUCCESS")
+    assert task["name"] == "mcp.execute_tool"
+    assert service["user"] in task["kwargs"]
+    info = client.get(f"/api/task/info/{task_id}").text
+    for text in (body, info, str(answer)):
+        assert SERVICE_KEY not in text
+
+
+def test_a_failing_task_shows_its_error_but_no_secret(client: httpx2.Client, service: dict[str, str]) -> None:
+    kwargs = {"user_id": service["user"], "service": service["desc"], "tool": "no_such_tool", "arguments": {}}
+    task_id = submit(client, kwargs)
+
+    row = final_row(task_id)
+    assert row["status"] == "error"
+    assert "UnknownTool" in row["error_message"] or "no_such_tool" in row["error_message"]
+
+    task, body = flower_task(client, task_id, "FAILURE")
+    assert task["exception"]
+    info = client.get(f"/api/task/info/{task_id}").text
+    assert SERVICE_KEY not in body and SERVICE_KEY not in info
+
+
+def test_unknown_task_name_is_refused(client: httpx2.Client) -> None:
+    response = client.post("/api/task/async-apply/mcp.no_such_task", json={"kwargs": {}})
+    assert response.status_code == 404
+
+
+def test_metrics_answer_without_credentials(flower: str, client: httpx2.Client) -> None:
+    # After the tasks above Flower has counted events; the endpoint is open (publish it on loopback).
+    with httpx2.Client(base_url=flower, timeout=HTTP_TIMEOUT) as anonymous:
+        response = anonymous.get("/metrics")
+        health = anonymous.get("/healthcheck")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "# TYPE flower_events_total counter" in response.text
+    assert "flower_worker_online" in response.text
+    assert health.status_code == 200 and health.text == "OK"
