@@ -8,17 +8,19 @@ tool, record the outcome. Errors are recorded and re-raised for the task to map 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import socket
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
 
 from worker import executions, mcp
 from worker.db import session_scope
@@ -115,7 +117,11 @@ def run_tool_call(
     user, desc, name, args = validate_tool_request(
         user_id, service, tool, arguments, max_argument_bytes=settings.max_argument_bytes
     )
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:64]
+    # Stable for this task in this process and thread: a retry that lands here after a database
+    # outage reclaims its own lease at once; any other copy of the task must wait it out.
+    owner = hashlib.sha256(
+        f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{task_id}".encode()
+    ).hexdigest()[:32]
     while True:
         with session_scope() as session:
             begun = executions.begin(
@@ -183,6 +189,11 @@ def run_tool_call(
                 final=True,
                 params=stored_params,
             )
+        raise
+    except DBAPIError:
+        # The database went away: nothing can be recorded now; the task retries, and its retry
+        # reclaims this row (same owner) or, elsewhere, waits out the lease.
+        logger.warning("execution %s could not reach the database; the task will retry", begun.id)
         raise
     except Exception as exc:
         # Anything unclassified is a bug or a failure mode we have not met: record it, never lose it.

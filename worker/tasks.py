@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 import worker.lifecycle
 import worker.logs  # noqa: F401  (connects the logging signals)
@@ -26,6 +27,11 @@ RETRY_BACKOFF_S = 2
 RETRY_BACKOFF_MAX_S = 120
 
 
+# Transient MCP failures, and the database going away under a task (its rows are written again
+# when the retry runs).
+RETRY_ON = (TransientError, OperationalError, InterfaceError)
+
+
 def _final_attempt(task: Task) -> bool:
     return int(task.request.retries or 0) >= int(task.max_retries or 0)
 
@@ -34,7 +40,7 @@ def _final_attempt(task: Task) -> bool:
     name="mcp.execute_tool",
     bind=True,
     queue="mcp.tools",
-    autoretry_for=(TransientError,),
+    autoretry_for=RETRY_ON,
     retry_backoff=RETRY_BACKOFF_S,
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
     retry_jitter=True,
@@ -62,7 +68,7 @@ def execute_tool(
     name="mcp.generate_report",
     bind=True,
     queue="mcp.reports",
-    autoretry_for=(TransientError,),
+    autoretry_for=RETRY_ON,
     retry_backoff=RETRY_BACKOFF_S,
     retry_backoff_max=RETRY_BACKOFF_MAX_S,
     retry_jitter=True,
