@@ -33,8 +33,13 @@ if _settings.broker_is_embedded:
     }
 else:
     broker_transport_options = {
-        # Above the longest hard time limit, or Redis hands a still-running task to a second worker.
+        # Above the longest hard time limit, or Redis hands a still-running task to a second worker
+        # (the execution row's lease then keeps that copy from calling the tool again).
         "visibility_timeout": _settings.visibility_timeout,
+        # How soon a message unacked by a dead worker is restored: every interval x throttle seconds
+        # a sweep returns messages older than the visibility timeout (Kombu's default ~100 s).
+        "unacked_restore_interval": _settings.unacked_restore_interval,
+        "unacked_restore_throttle": _settings.unacked_restore_throttle,
     }
 result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
 

@@ -137,6 +137,8 @@ class Settings:
     report_soft_time_limit: int = 600
     report_time_limit: int = 660
     visibility_timeout: int = 3600
+    unacked_restore_interval: int = 10
+    unacked_restore_throttle: int = 10
     result_expires: int = 86400
     schedule_max_failures: int = 5
     retention_days: int = 90
@@ -218,6 +220,8 @@ class Settings:
                 env, "MCP_REPORT_TIME_LIMIT", report_soft + 60, minimum=report_soft + 1
             ),
             visibility_timeout=_env_int(env, "MCP_VISIBILITY_TIMEOUT", 3600, minimum=1),
+            unacked_restore_interval=_env_int(env, "MCP_UNACKED_RESTORE_INTERVAL", 10, minimum=1),
+            unacked_restore_throttle=_env_int(env, "MCP_UNACKED_RESTORE_THROTTLE", 10, minimum=1),
             result_expires=_env_int(env, "MCP_RESULT_EXPIRES", 86400, minimum=60),
             schedule_max_failures=_env_int(env, "MCP_SCHEDULE_MAX_FAILURES", 5, minimum=1),
             retention_days=_env_int(env, "MCP_RETENTION_DAYS", 90),
