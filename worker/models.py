@@ -52,7 +52,8 @@ class McpService(Base):
     interaction_mode: Mapped[str] = mapped_column(sa.String(50), nullable=False)
     url: Mapped[str | None] = mapped_column(sa.String(255))
     endpoint: Mapped[str | None] = mapped_column(sa.String(255))
-    api_key: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    # Wider than the seed's 255: an encrypted key (MCP_SECRET_KEY) is longer than the plain one.
+    api_key: Mapped[str] = mapped_column(sa.String(1024), nullable=False)
     params: Mapped[dict[str, Any] | None] = mapped_column(JSONType, server_default=sa.text("'{}'"))
     auth: Mapped[dict[str, Any] | None] = mapped_column(JSONType, server_default=sa.text("'{}'"))
     created_at: Mapped[datetime | None] = _created()

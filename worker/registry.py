@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from worker import crypto
 from worker.errors import ConfigurationError, InvalidService, ServiceNotFound
 from worker.models import McpService
 from worker.settings import Settings, get_settings
@@ -233,6 +234,7 @@ def validate_record(record: Mapping[str, Any], settings: Settings | None = None)
 
 
 def _row_to_record(row: McpService) -> dict[str, Any]:
+    keys = get_settings().secret_key
     return {
         "id": row.id,
         "user_id": row.user_id,
@@ -240,9 +242,9 @@ def _row_to_record(row: McpService) -> dict[str, Any]:
         "interaction_mode": row.interaction_mode,
         "url": row.url,
         "endpoint": row.endpoint,
-        "api_key": row.api_key,
+        "api_key": crypto.decrypt(row.api_key, keys),
         "params": row.params or {},
-        "auth": row.auth or {},
+        "auth": crypto.decrypt_auth(row.auth or {}, keys),
     }
 
 
@@ -379,11 +381,30 @@ def save_service(session: Session, record: Mapping[str, Any]) -> ServiceConfig:
     row.interaction_mode = str(record["interaction_mode"]).strip()
     row.url = config.url
     row.endpoint = config.endpoint
-    row.api_key = config.api_key
+    keys = get_settings().secret_key
+    row.api_key = crypto.encrypt(config.api_key, keys)
     row.params = dict(config.params)
-    row.auth = dict(config.auth)
+    row.auth = crypto.encrypt_auth(config.auth, keys)
     session.flush()
     return validate_record(_row_to_record(row))
+
+
+def reencrypt_all(session: Session) -> int:
+    """Encrypt every row's secrets with the current first key of MCP_SECRET_KEY; returns the count.
+
+    Raises:
+        ConfigurationError: MCP_SECRET_KEY is not set.
+        InvalidService: a row is encrypted with a key that is no longer configured.
+    """
+    keys = get_settings().secret_key
+    if not keys:
+        raise ConfigurationError("set MCP_SECRET_KEY before re-encrypting")
+    count = 0
+    for row in session.scalars(sa.select(McpService).with_for_update()):
+        row.api_key = crypto.encrypt(row.api_key, keys)
+        row.auth = crypto.encrypt_auth(row.auth or {}, keys)
+        count += 1
+    return count
 
 
 def remove_service(session: Session, user_id: str, desc: str) -> bool:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from worker.models import McpService, McpTemplate
-from worker.registry import validate_record
+from worker.registry import save_service, validate_record
 
 SAMPLE_SERVICES: tuple[dict[str, Any], ...] = (
     {
@@ -91,7 +91,7 @@ def load_sample_data(session: Session, overrides: dict[str, dict[str, Any]] | No
             )
         )
         if exists is None:
-            session.add(McpService(**record))
+            save_service(session, record)
             services_added += 1
     for template in SAMPLE_TEMPLATES:
         exists = session.scalar(sa.select(McpTemplate.id).where(McpTemplate.name == template["name"]))

@@ -115,6 +115,7 @@ class Settings:
     db_pool_pre_ping: bool = True
     db_nullpool: bool = False
 
+    secret_key: str | None = field(default=None, repr=False)
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
@@ -198,6 +199,7 @@ class Settings:
             db_max_overflow=_env_int(env, "DB_MAX_OVERFLOW", 30),
             db_pool_pre_ping=_env_bool(env, "DB_POOL_PRE_PING", True),
             db_nullpool=_env_bool(env, "DB_NULLPOOL", False),
+            secret_key=env.get("MCP_SECRET_KEY") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_model=env.get("OPENAI_MODEL") or "gpt-4o-mini",

@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rm.add_argument("desc")
     rm.set_defaults(handler=_remove)
 
+    cmds.add_parser(
+        "reencrypt", help="encrypt every row's credentials with the first key of MCP_SECRET_KEY"
+    ).set_defaults(handler=_reencrypt)
+
     check = cmds.add_parser("check", help="connect to the user's service and list its tools")
     check.add_argument("user_id")
     check.add_argument("desc")
@@ -107,6 +111,9 @@ def _add(args: argparse.Namespace) -> int:
     record.setdefault("api_key", "")
     with session_scope() as session:
         config = save_service(session, record)
+    from worker.crypto import warn_if_unencrypted
+
+    warn_if_unencrypted(get_settings().secret_key)
     print_json(config.public_dict())
     return 0
 
@@ -147,4 +154,13 @@ def _check(args: argparse.Namespace) -> int:
         ("tool", "description"),
         [(t["name"], (t.get("description") or "").split("\n")[0][:80]) for t in tools],
     )
+    return 0
+
+
+def _reencrypt(_: argparse.Namespace) -> int:
+    from worker.registry import reencrypt_all
+
+    with session_scope() as session:
+        count = reencrypt_all(session)
+    print(f"re-encrypted the credentials of {count} service(s)")
     return 0
