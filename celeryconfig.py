@@ -49,7 +49,6 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 result_expires = _settings.result_expires
-result_extended = True
 
 # A task is acknowledged after it finishes; a worker killed mid-task gets it redelivered.
 task_acks_late = True

@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -125,6 +126,38 @@ def start_demo_server(
     return proc, f"http://127.0.0.1:{port}{path}"
 
 
+@contextmanager
+def broker_env(url: str) -> Iterator[None]:
+    """CELERY_BROKER_URL (and the result backend) set to `url` in this process for the block.
+
+    Celery reads these variables before any app's configuration, even an explicit `broker=`, so a
+    test that talks to a worker on another broker must set them while its app connects.
+    """
+    saved = {k: os.environ.get(k) for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")}
+    os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = url
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ping(broker: str, hostname: str, timeout: float = 0.5) -> bool:
+    """True when the worker `hostname` on `broker` answers a ping."""
+    from celery import Celery
+
+    with broker_env(broker):
+        app = Celery("ping")
+        try:
+            replies = app.control.ping(destination=[hostname], timeout=timeout)
+        finally:
+            app.close()
+    return any(hostname in reply for reply in replies or [])
+
+
 def start_worker(
     name: str,
     log_dir: Path,
@@ -134,9 +167,12 @@ def start_worker(
     concurrency: int = 2,
     pool: str = "prefork",
     extra: list[str] | None = None,
+    loglevel: str = "INFO",
 ) -> Proc:
-    """Start `celery -A worker worker` and wait until it answers a ping."""
+    """Start `celery -A worker worker` and wait until it answers a ping over its own broker."""
     from worker.celery import app
+
+    broker = (env or {}).get("CELERY_BROKER_URL") or app.conf.broker_url
 
     hostname = f"{name}@{socket.gethostname()}"
     argv = [
@@ -155,7 +191,7 @@ def start_worker(
         "-P",
         pool,
         "--loglevel",
-        "INFO",
+        loglevel,
         "--without-gossip",
         "--without-mingle",
         *(extra or []),
@@ -165,8 +201,7 @@ def start_worker(
     def answered() -> bool:
         if not proc.alive():
             raise AssertionError(f"worker {name} exited early:\n{proc.log()[-4000:]}")
-        replies = app.control.ping(destination=[hostname], timeout=0.5)
-        return any(hostname in reply for reply in replies or [])
+        return ping(broker, hostname)
 
     try:
         wait_until(answered, START_TIMEOUT_S, f"worker {hostname} to answer a ping", interval=0.2)

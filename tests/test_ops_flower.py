@@ -3,6 +3,7 @@ non-Python producer's path), the task list without secrets, and Prometheus metri
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
@@ -81,8 +82,8 @@ def client(flower: str) -> Iterator[httpx2.Client]:
         yield c
 
 
-def submit(client: httpx2.Client, kwargs: dict[str, Any]) -> str:
-    response = client.post("/api/task/async-apply/mcp.execute_tool", json={"kwargs": kwargs})
+def submit(client: httpx2.Client, kwargs: dict[str, Any], **options: Any) -> str:
+    response = client.post("/api/task/async-apply/mcp.execute_tool", json={"kwargs": kwargs, **options})
     assert response.status_code == 200, response.text
     task_id = response.json()["task-id"]
     assert isinstance(task_id, str) and task_id
@@ -97,7 +98,7 @@ def final_row(task_id: str) -> dict[str, Any]:
                 return executions.as_dict(row)
         return None
 
-    return wait_until(done, WAIT_S, f"the execution row of {task_id}", interval=0.1)  # type: ignore[no-any-return]
+    return wait_until(done, WAIT_S, f"the execution row of {task_id}", interval=0.1)
 
 
 def flower_task(client: httpx2.Client, task_id: str, state: str) -> tuple[dict[str, Any], str]:
@@ -109,7 +110,7 @@ def flower_task(client: httpx2.Client, task_id: str, state: str) -> tuple[dict[s
         task = response.json().get(task_id)
         return (task, response.text) if task and task.get("state") == state else None
 
-    return wait_until(listed, WAIT_S, f"flower to list {task_id} as {state}", interval=0.2)  # type: ignore[no-any-return]
+    return wait_until(listed, WAIT_S, f"flower to list {task_id} as {state}", interval=0.2)
 
 
 def test_api_and_ui_require_credentials(flower: str) -> None:
@@ -172,6 +173,32 @@ def test_a_failing_task_shows_its_error_but_no_secret(client: httpx2.Client, ser
     assert task["exception"]
     info = client.get(f"/api/task/info/{task_id}").text
     assert SERVICE_KEY not in body and SERVICE_KEY not in info
+
+
+def test_a_producer_task_id_makes_a_resend_harmless(client: httpx2.Client, service: dict[str, str]) -> None:
+    task_id = f"order-42-{uuid.uuid4().hex[:8]}"
+    kwargs = {
+        "user_id": service["user"],
+        "service": service["desc"],
+        "tool": "echo",
+        "arguments": {"message": "once"},
+    }
+    assert submit(client, kwargs, task_id=task_id) == task_id
+    first = final_row(task_id)
+    assert first["status"] == "success" and "once" in json.dumps(first["result"])
+
+    assert submit(client, kwargs, task_id=task_id) == task_id
+    flower_task(client, task_id, "SUCCESS")
+
+    # Flower's event record of the task (its result backend reader caches the first result).
+    def cached() -> dict[str, Any] | None:
+        info = client.get(f"/api/task/info/{task_id}").json()
+        return info if "'cached': True" in str(info.get("result")) else None
+
+    wait_until(cached, WAIT_S, f"the re-sent {task_id} to return the stored result", interval=0.2)
+    with session_scope() as session:
+        row = executions.get(session, task_id)
+        assert row is not None and row.id == first["id"] and row.attempts == first["attempts"]
 
 
 def test_unknown_task_name_is_refused(client: httpx2.Client) -> None:

@@ -19,7 +19,6 @@ from worker.client import submit_report, submit_tool
 from worker.db import session_scope
 from worker.demo_server import DATA_FILE
 from worker.models import McpReport, McpTemplate
-from worker.registry import save_service
 from worker.reports.storage import report_as_dict, save_template
 from worker.sample_data import SEED_EXECUTIVE_SUMMARY, load_sample_data
 

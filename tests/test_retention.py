@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -129,7 +130,7 @@ def test_prune_refuses_nonsense() -> None:
 # ---------------------------------------------------------------- mcp-worker executions
 
 
-def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     capsys.readouterr()
     assert main(list(argv)) == 0
     return json.loads(capsys.readouterr().out)
@@ -142,23 +143,23 @@ def test_list_filters_by_user_status_and_since(capsys: pytest.CaptureFixture[str
     bob_id, _ = add_execution(now - timedelta(minutes=5), user="bob")
 
     everything = cli_json(capsys, "executions", "list", "--json")
-    assert [r["id"] for r in everything] == [bob_id, recent_id, old_id]  # type: ignore[union-attr, index]
+    assert [r["id"] for r in everything] == [bob_id, recent_id, old_id]
 
     alice = cli_json(capsys, "executions", "list", "--user", "alice", "--json")
-    assert [r["id"] for r in alice] == [recent_id, old_id]  # type: ignore[union-attr, index]
+    assert [r["id"] for r in alice] == [recent_id, old_id]
 
     errors = cli_json(capsys, "executions", "list", "--status", "error", "--json")
-    assert [r["id"] for r in errors] == [recent_id]  # type: ignore[union-attr, index]
-    assert errors[0]["error_message"] == "ServerTimeout: too slow"  # type: ignore[index]
+    assert [r["id"] for r in errors] == [recent_id]
+    assert errors[0]["error_message"] == "ServerTimeout: too slow"
 
     last_two_hours = cli_json(capsys, "executions", "list", "--since", "2h", "--json")
-    assert [r["id"] for r in last_two_hours] == [bob_id, recent_id]  # type: ignore[union-attr, index]
+    assert [r["id"] for r in last_two_hours] == [bob_id, recent_id]
     since_date = (now - timedelta(days=1)).date().isoformat()
     by_date = cli_json(capsys, "executions", "list", "--since", since_date, "--json")
-    assert old_id not in [r["id"] for r in by_date]  # type: ignore[union-attr, index]
+    assert old_id not in [r["id"] for r in by_date]
 
     limited = cli_json(capsys, "executions", "list", "--limit", "1", "--json")
-    assert [r["id"] for r in limited] == [bob_id]  # type: ignore[union-attr, index]
+    assert [r["id"] for r in limited] == [bob_id]
 
 
 def test_list_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,8 +176,8 @@ def test_show_by_row_id_or_task_id(capsys: pytest.CaptureFixture[str]) -> None:
     by_id = cli_json(capsys, "executions", "show", str(row_id))
     by_task = cli_json(capsys, "executions", "show", task_id)
     assert by_id == by_task
-    assert by_id["task_id"] == task_id and by_id["result"] == {"text": "hi"}  # type: ignore[index]
-    assert by_id["params"]["api_key"] == "***"  # type: ignore[index]
+    assert by_id["task_id"] == task_id and by_id["result"] == {"text": "hi"}
+    assert by_id["params"]["api_key"] == "***"
 
 
 def test_show_unknown_and_bad_options_fail_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -200,3 +201,12 @@ def test_parse_since_forms() -> None:
     assert parse_since("2026-02-01T08:30:00+02:00") == datetime(2026, 2, 1, 6, 30, tzinfo=UTC)
     with pytest.raises(InvalidArguments):
         parse_since("soon")
+
+
+def test_prune_command_deletes_what_the_beat_task_would(capsys: pytest.CaptureFixture[str]) -> None:
+    add_execution(datetime.now(UTC) - timedelta(days=10))
+    add_execution(datetime.now(UTC))
+    assert cli_json(capsys, "executions", "prune", "--days", "30") == {"mcp_reports": 0, "mcp_executions": 0}
+    assert cli_json(capsys, "executions", "prune", "--days", "7") == {"mcp_reports": 0, "mcp_executions": 1}
+    assert count(McpExecution) == 1
+    assert main(["executions", "prune", "--days", "-1"]) == 1

@@ -38,6 +38,21 @@ def _redis_base() -> str:
     return base
 
 
+_claimed: list[int] = []
+
+
+def _claim_free_db() -> int:
+    import redis
+
+    client = redis.Redis.from_url(f"{_redis_base()}/0", socket_connect_timeout=3)
+    for db in REDIS_TEST_DBS:
+        if client.set(f"mcp-worker-test-db:{db}", RUN_ID, nx=True, ex=REDIS_LEASE_S):
+            _claimed.append(db)
+            redis.Redis.from_url(f"{_redis_base()}/{db}").flushdb()
+            return db
+    raise RuntimeError("every Redis test database is held by another test run; set TEST_REDIS_DB")
+
+
 def _claim_redis_db() -> int:
     """TEST_REDIS_DB when set, else the first database no other live run holds (0 if Redis is down:
     the session start then reports Redis as unreachable)."""
@@ -46,24 +61,27 @@ def _claim_redis_db() -> int:
     import redis
 
     try:
-        client = redis.Redis.from_url(f"{_redis_base()}/0", socket_connect_timeout=3)
-        for db in REDIS_TEST_DBS:
-            if client.set(f"mcp-worker-test-db:{db}", RUN_ID, nx=True, ex=REDIS_LEASE_S):
-                return db
+        return _claim_free_db()
     except redis.RedisError:
         return 0
-    raise RuntimeError("every Redis test database is held by another test run; set TEST_REDIS_DB")
+
+
+def extra_redis_url() -> str:
+    """A further Redis database of this run's own (empty), for a worker that must not share the
+    session worker's queues; given back with the rest at the end of the session."""
+    return f"{_redis_base()}/{_claim_free_db()}"
 
 
 def release_redis_db() -> None:
-    """Give the run's Redis database back (called at the end of the session)."""
+    """Give the run's Redis databases back (called at the end of the session)."""
     import redis
 
     try:
         client = redis.Redis.from_url(f"{_redis_base()}/0", socket_connect_timeout=3)
-        key = f"mcp-worker-test-db:{REDIS_TEST_DB}"
-        if client.get(key) == RUN_ID.encode():
-            client.delete(key)
+        for db in _claimed:
+            key = f"mcp-worker-test-db:{db}"
+            if client.get(key) == RUN_ID.encode():
+                client.delete(key)
     except redis.RedisError:
         pass
 

@@ -1,5 +1,5 @@
-"""mcp-worker: Celery workers that call tools on MCP servers for many users."""
+"""mcp-worker: Celery workers that call tools on MCP servers for many users.
 
-from worker.celery import app
-
-__all__ = ["app"]
+The Celery app lives in `worker.celery` (`celery -A worker` finds it there); it is not imported
+here so that light entry points (the demo MCP server spawned over stdio, the CLI) stay quick.
+"""

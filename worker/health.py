@@ -38,9 +38,6 @@ DEFAULT_TIMEOUT_S = 3.0
 THREAD_MARGIN_S = 1.0
 # A detail line is for a table cell; the full story is in the component's own logs.
 DETAIL_MAX = 200
-# The retry countdown cap of the tasks (worker.tasks.RETRY_BACKOFF_MAX_S): a row on its k-th
-# attempt may legitimately have started k hard limits plus k-1 backoffs ago.
-RETRY_BACKOFF_MAX_S = 120
 STUCK_REASON = "marked error by health: running longer than the hard time limit"
 
 
@@ -70,11 +67,13 @@ def one_line(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     return text if len(text) <= DETAIL_MAX else text[: DETAIL_MAX - 3] + "..."
 
 
-def bounded(component: str, check: Callable[[], Check], timeout: float) -> Callable[[], Check]:
+def bounded(
+    component: str, check: Callable[[], Check], timeout: float, secrets: Sequence[str] = ()
+) -> Callable[[], Check]:
     """Start `check` in a daemon thread; the returned callable waits at most `timeout` for it.
 
     A check still running then is reported `down` and abandoned (daemon: it cannot keep the
-    process alive).
+    process alive); one that raises is `down` with the error's first line, `secrets` masked.
     """
     box: list[Check] = []
 
@@ -82,7 +81,7 @@ def bounded(component: str, check: Callable[[], Check], timeout: float) -> Calla
         try:
             box.append(check())
         except Exception as exc:
-            box.append(Check(component, Status.DOWN, one_line(exc)))
+            box.append(Check(component, Status.DOWN, one_line(exc, secrets)))
 
     thread = threading.Thread(target=run, name=f"health {component}", daemon=True)
     thread.start()
@@ -160,6 +159,12 @@ def _broker_secrets(settings: Settings) -> list[str]:
     return [p for p in passwords if p]
 
 
+def _config_secrets(settings: Settings) -> list[str]:
+    """Every password in the configured URLs: masked in any detail line."""
+    password = sa.make_url(settings.database_url).password
+    return [*_broker_secrets(settings), *([password] if isinstance(password, str) and password else [])]
+
+
 def _broker_where(settings: Settings) -> str:
     if settings.broker_is_embedded:
         return f"embedded file broker in {settings.data_dir / 'broker'}"
@@ -205,22 +210,25 @@ def check_broker(settings: Settings, timeout: float) -> Check:
     return Check("broker", Status.OK, where)
 
 
-def check_workers(settings: Settings, timeout: float) -> Check:
-    """At least one worker answers a ping within `timeout`."""
+def check_workers(settings: Settings, timeout: float, names: Sequence[str] = ()) -> Check:
+    """At least one worker (or every worker in `names`) answers a ping within `timeout`."""
     from worker.celery import app
 
     conn = _connection(timeout)
     try:
-        replies = app.control.ping(timeout=timeout, connection=conn) or []
+        replies = app.control.ping(timeout=timeout, connection=conn, destination=list(names) or None) or []
     except Exception as exc:
         return Check("workers", Status.DOWN, one_line(exc, _broker_secrets(settings)))
     finally:
         conn.release()
-    names = sorted(name for reply in replies for name in reply)
-    if not names:
+    answered = sorted(name for reply in replies for name in reply)
+    missing = sorted(set(names) - set(answered))
+    if missing:
+        return Check("workers", Status.DOWN, f"no answer within {timeout:g}s from {', '.join(missing)}")
+    if not answered:
         return Check("workers", Status.DOWN, f"no worker answered a ping within {timeout:g}s")
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return Check("workers", Status.OK, f"{len(names)} answered: {shown}")
+    shown = ", ".join(answered[:5]) + (f" and {len(answered) - 5} more" if len(answered) > 5 else "")
+    return Check("workers", Status.OK, f"{len(answered)} answered: {shown}")
 
 
 # ---------------------------------------------------------------- MCP services
@@ -276,7 +284,13 @@ def _aware(value: datetime) -> datetime:
 
 
 def stuck_after(settings: Settings, attempts: int) -> timedelta:
-    """How long after its first start a row on attempt `attempts` may still legitimately run."""
+    """How long after its first start a row on attempt `attempts` may still legitimately run.
+
+    `started_at` is the first attempt's start, so attempt k may have begun k-1 hard limits and
+    k-1 retry countdowns after it.
+    """
+    from worker.tasks import RETRY_BACKOFF_MAX_S
+
     hard = max(settings.task_time_limit, settings.report_time_limit)
     attempts = max(1, attempts)
     return timedelta(seconds=hard * attempts + RETRY_BACKOFF_MAX_S * (attempts - 1))
@@ -337,20 +351,23 @@ def run_checks(
     *,
     services: bool = False,
     fix_stuck: bool = False,
+    workers: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT_S,
     settings: Settings | None = None,
 ) -> list[Check]:
     """Run every check concurrently, each bounded by `timeout`; returns them in a fixed order."""
     settings = settings or get_settings()
     wait_for = timeout + THREAD_MARGIN_S
+    hide = _config_secrets(settings)
     pending = [
-        bounded("database", lambda: check_database(settings, timeout), wait_for),
-        bounded("broker", lambda: check_broker(settings, timeout), wait_for),
-        bounded("workers", lambda: check_workers(settings, timeout), wait_for),
+        bounded("database", lambda: check_database(settings, timeout), wait_for, hide),
+        bounded("broker", lambda: check_broker(settings, timeout), wait_for, hide),
+        bounded("workers", lambda: check_workers(settings, timeout, workers), wait_for, hide),
     ]
     checks = [wait() for wait in pending]
     if checks[0].status is Status.OK:
-        checks.append(bounded("stuck executions", lambda: check_stuck(settings, fix_stuck), wait_for)())
+        stuck = bounded("stuck executions", lambda: check_stuck(settings, fix_stuck), wait_for, hide)
+        checks.append(stuck())
     if services:
         checks += _check_services(settings, timeout, database_ok=checks[0].status is Status.OK)
     return checks
@@ -365,7 +382,7 @@ def _check_services(settings: Settings, timeout: float, *, database_ok: bool) ->
         box.append(list_configured_services(settings))
         return Check("services", Status.OK, f"{len(box[0])} configured")
 
-    summary = bounded("services", listing, timeout + THREAD_MARGIN_S)()
+    summary = bounded("services", listing, timeout + THREAD_MARGIN_S, _config_secrets(settings))()
     if not box:
         return [summary]
     # Connect + list may each take `timeout`; the session close after it is bounded in the pool.

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from worker import crypto
 from worker.errors import ConfigurationError, InvalidService, ServiceNotFound
 from worker.models import McpService
-from worker.settings import Settings, get_settings
+from worker.settings import CALL_MARGIN_S, Settings, get_settings
 
 GLOBAL_USER = "global"
 
@@ -198,13 +198,20 @@ def validate_record(record: Mapping[str, Any], settings: Settings | None = None)
         isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env_map.items()
     ):
         raise InvalidService(f"{where}: auth.env must map environment variable names to strings")
-    for key in ("connect_timeout", "call_timeout"):
+    timeouts = {"connect_timeout": settings.connect_timeout, "call_timeout": settings.call_timeout}
+    for key in timeouts:
         for source in (params, auth):
             value = source.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
-            ):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise InvalidService(f"{where}: {key} must be a positive number of seconds")
+            timeouts[key] = float(value)
+    if sum(timeouts.values()) + CALL_MARGIN_S >= settings.task_soft_time_limit:
+        raise InvalidService(
+            f"{where}: connect_timeout + call_timeout ({sum(timeouts.values()):.0f} s) must stay below the task's "
+            f"soft time limit (MCP_TASK_SOFT_TIME_LIMIT={settings.task_soft_time_limit} s) minus {CALL_MARGIN_S:.0f} s"
+        )
 
     if mode == "stdio":
         if url is not None:

@@ -20,6 +20,10 @@ from worker.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
+# The MCP runtime waits this long past connect + call timeouts before giving up on a call; the
+# task's soft limit must leave room for it (worker.mcp.RUN_SYNC_MARGIN).
+CALL_MARGIN_S = 5.0
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -176,10 +180,10 @@ class Settings:
         soft = _env_int(env, "MCP_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
         connect_timeout = _env_float(env, "MCP_CONNECT_TIMEOUT", 10.0)
         call_timeout = _env_float(env, "MCP_CALL_TIMEOUT", 60.0)
-        if soft <= connect_timeout + call_timeout:
+        if soft <= connect_timeout + call_timeout + CALL_MARGIN_S:
             raise ConfigurationError(
-                "MCP_TASK_SOFT_TIME_LIMIT must exceed MCP_CONNECT_TIMEOUT + MCP_CALL_TIMEOUT "
-                f"({soft} <= {connect_timeout} + {call_timeout})"
+                "MCP_TASK_SOFT_TIME_LIMIT must exceed MCP_CONNECT_TIMEOUT + MCP_CALL_TIMEOUT + "
+                f"{CALL_MARGIN_S:.0f} s ({soft} <= {connect_timeout} + {call_timeout} + {CALL_MARGIN_S:.0f})"
             )
         report_soft = _env_int(env, "MCP_REPORT_SOFT_TIME_LIMIT", 600, minimum=1)
         log_format = env.get("LOG_FORMAT", "text").strip().lower()

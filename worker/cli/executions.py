@@ -1,4 +1,4 @@
-"""`mcp-worker executions list|show`: read the audit rows of `mcp_executions`.
+"""`mcp-worker executions list|show|prune`: the audit rows of `mcp_executions`.
 
 Rows are stored redacted (params masked, known secrets replaced), so printing them shows no key.
 """
@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show = cmds.add_parser("show", help="print one execution as JSON")
     show.add_argument("execution", metavar="ID", help="the row id or the Celery task id")
     show.set_defaults(handler=_show)
+
+    prune = cmds.add_parser(
+        "prune", help="delete executions and reports older than MCP_RETENTION_DAYS (what beat does daily)"
+    )
+    prune.add_argument("--days", type=int, help="keep this many days instead (0 keeps everything)")
+    prune.set_defaults(handler=_prune)
 
 
 def parse_since(raw: str, now: datetime | None = None) -> datetime:
@@ -117,4 +123,13 @@ def _show(args: argparse.Namespace) -> int:
             raise InvalidArguments(f"no execution with id or task id {args.execution!r}")
         data = executions.as_dict(row)
     print_json(data)
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from worker.retention import prune
+
+    if args.days is not None and args.days < 0:
+        raise InvalidArguments("--days must be 0 or more")
+    print_json(prune(days=args.days))
     return 0

@@ -29,6 +29,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"seconds each check may take (default {DEFAULT_TIMEOUT_S:g})",
     )
     health.add_argument(
+        "--worker",
+        dest="workers",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="require this worker (e.g. tools@$(hostname)) to answer, not just any; repeatable",
+    )
+    health.add_argument(
         "--fix-stuck",
         action="store_true",
         help="mark executions running past the hard time limit as error",
@@ -39,7 +47,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _health(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise InvalidArguments("--timeout must be a positive number of seconds")
-    checks = run_checks(services=args.services, fix_stuck=args.fix_stuck, timeout=args.timeout)
+    checks = run_checks(
+        services=args.services, fix_stuck=args.fix_stuck, workers=args.workers, timeout=args.timeout
+    )
     ok = healthy(checks)
     if args.json:
         print_json({"healthy": ok, "checks": [c.as_dict() for c in checks]})

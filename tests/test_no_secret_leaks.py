@@ -1,0 +1,185 @@
+"""One recognisable api key through every path, and nowhere to be found afterwards.
+
+A dedicated worker (its own Redis database, logging at DEBUG) runs successes, every error class,
+retries, reports with refinement (accepted and failed), and a call whose arguments carry the key.
+Then the key is searched for in the worker's log, every row of every table, every Redis key the
+run left (results, tracebacks), every command Redis received (broker messages, via MONITOR), and
+the CLI's output.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from celery import Celery
+from processes import free_port, start_demo_server, start_worker, wait_until
+from testenv import LOG_DIR, OPENAI_TEST_KEY, RUN_ID, extra_redis_url
+
+from worker import executions
+from worker.client import submit_report, submit_tool
+from worker.db import get_engine, session_scope
+from worker.models import Base
+from worker.registry import save_service
+
+CANARY = "sk-live-CANARY-7f3a9c2e1b5d"
+SECRETS = (CANARY, OPENAI_TEST_KEY)
+USER = f"leaky-{uuid.uuid4().hex[:6]}"
+TIMEOUT_S = 120.0
+
+
+class Monitor:
+    """Every command Redis receives while the test runs (MONITOR), kept as text."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.lines: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.client.monitor() as monitor:
+            for command in monitor.listen():
+                self.lines.append(str(command.get("command", "")))
+                if self.stop.is_set():
+                    return
+
+    def __enter__(self) -> Monitor:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.client.ping()  # one more command wakes the listener so it can stop
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def leak_env(openai_fake: Any, clean_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    url = extra_redis_url()
+    # Celery reads these variables before its configuration: the producer app must see them.
+    monkeypatch.setenv("CELERY_BROKER_URL", url)
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
+    env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "LOG_LEVEL": "DEBUG"}
+    demo, demo_url = start_demo_server("streamable-http", LOG_DIR, token=CANARY)
+    app = Celery("producer", broker=url, backend=url)
+    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    with Monitor(url) as monitor:
+        worker = start_worker(f"leaks-{RUN_ID}", LOG_DIR, env, loglevel="DEBUG")
+        try:
+            yield {"app": app, "url": url, "demo_url": demo_url, "worker": worker, "monitor": monitor, "env": env}
+        finally:
+            worker.stop()
+            demo.stop()
+
+
+def final(task_id: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        with session_scope() as session:
+            row = executions.get(session, task_id)
+            if row is not None and row.status in ("success", "error"):
+                return executions.as_dict(row)
+        return None
+
+    return wait_until(done, TIMEOUT_S, f"row {task_id}", interval=0.2)  # type: ignore[no-any-return]
+
+
+def assert_clean(where: str, text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"a secret appears in {where}"
+
+
+def test_a_key_echoed_back_by_a_server_is_masked_in_rows_and_results(worker_proc: Any, demo_http: str) -> None:
+    """A producer should never put a key in arguments; if a server echoes one back anyway (here
+    the service's own key, passed along by mistake), what the worker stores masks it."""
+    from testenv import DEMO_HTTP_TOKEN
+
+    user = f"echo-{uuid.uuid4().hex[:6]}"
+    with session_scope() as session:
+        save_service(session, {"user_id": user, "desc": "ok", "interaction_mode": "http", "url": demo_http,
+                               "api_key": DEMO_HTTP_TOKEN})
+    row = final(submit_tool(user, "ok", "echo", {"message": f"my key is {DEMO_HTTP_TOKEN}"}).id)
+    assert row["status"] == "success"
+    assert DEMO_HTTP_TOKEN not in repr(row) and "***" in repr(row["result"])
+
+
+def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any) -> None:
+    app = leak_env["app"]
+    auth = {"type": "api_key", "value": CANARY}
+    with session_scope() as session:
+        for desc, mode, url in (
+            ("ok", "streamable_http", leak_env["demo_url"]),
+            ("down", "streamable_http", f"http://127.0.0.1:{free_port()}/mcp"),
+            ("stdio", "stdio", f"{sys.executable} -m worker.demo_server --transport stdio --test-tools"),
+        ):
+            save_service(session, {"user_id": USER, "desc": desc, "interaction_mode": mode, "url": url,
+                                   "api_key": CANARY, "auth": auth, "params": {"project_id": 1}})
+    calls = [
+        ("ok", "echo", {"message": "hello"}, "success"),
+        ("ok", "whoami", {}, "success"),
+        ("stdio", "whoami", {}, "success"),
+        ("ok", "no_such_tool", {}, "error"),
+        ("ok", "fetch_weekly_report", {"project_id": "x"}, "error"),
+        ("stdio", "fail", {"message": "upstream refused"}, "error"),
+        ("down", "echo", {"message": "x"}, "error"),
+        ("ok", "sleep", {"seconds": 30}, "error"),
+        ("nope", "echo", {}, "error"),
+    ]
+    task_ids = [(submit_tool(USER, s, t, a, app=app).id, expected) for s, t, a, expected in calls]
+    openai_fake.polish()
+    refined = submit_report(USER, "ok", period="2026-W47", refine=True, app=app).id
+    assert final(refined)["status"] == "success"
+    openai_fake.fail(401, message=f"Incorrect API key provided: {OPENAI_TEST_KEY}")
+    failed_refine = submit_report(USER, "ok", period="2026-W46", refine=True, app=app).id
+    for task_id, expected in [*task_ids, (failed_refine, "success")]:
+        assert final(task_id)["status"] == expected, final(task_id)
+
+    # Rows of every table, as text.
+    with get_engine().connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            rows = conn.execute(sa.select(table)).all()
+            assert_clean(f"table {table.name}", repr([tuple(r) for r in rows if table.name != "mcp_services"]))
+            if table.name == "mcp_services":
+                # The one place the key must live; nothing else in that table repeats it in clear.
+                for row in rows:
+                    assert CANARY not in repr({k: v for k, v in row._mapping.items() if k not in ("api_key", "auth")})
+
+    # The CLI's output.
+    cli = [sys.executable, "-m", "worker.cli"]
+    outputs = [
+        subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60, env=leak_env["env"])
+        for args in (
+            ("services", "list", "--user", USER),
+            ("services", "show", USER, "ok"),
+            ("services", "list", "--json"),
+            ("call", USER, "ok", "echo", "--args", '{"message": "cli"}', "--wait", "--timeout", "60"),
+            ("reports", "list", "--user", USER),
+        )
+    ]
+    for out in outputs:
+        assert_clean(f"CLI output {out.args}", out.stdout + out.stderr)
+
+    # Results, tracebacks and anything else left in the run's Redis database.
+    client = redis.Redis.from_url(leak_env["url"])
+    for key in client.scan_iter(count=500):
+        kind = client.type(key)
+        value = client.get(key) if kind == b"string" else repr(client.dump(key))
+        assert_clean(f"redis key {key!r}", repr(value))
+
+    # Every command the broker received: task messages, results, events.
+    assert len(leak_env["monitor"].lines) > 50
+    assert_clean("commands sent to Redis", "\n".join(leak_env["monitor"].lines))
+
+    # The worker's whole log at DEBUG.
+    leak_env["worker"].stop()
+    log = leak_env["worker"].log()
+    assert "DEBUG" in log and "execution" in log
+    assert_clean("the worker log", log)
