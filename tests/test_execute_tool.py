@@ -135,7 +135,9 @@ def test_the_same_task_id_twice_gives_one_row_and_one_call(services: str, worker
     submit_tool(services, "pm-http", "echo", {"message": "once"}, task_id=task_id)
     # The second delivery finds the success row and returns it without calling the server.
     wait_until(
-        lambda: any(task_id in line and "already succeeded" in line for line in worker_proc.log().splitlines()),
+        lambda: any(
+            task_id in line and "already succeeded" in line for line in worker_proc.log().splitlines()
+        ),
         ROW_TIMEOUT_S,
         "the second delivery to be answered from the stored row",
     )

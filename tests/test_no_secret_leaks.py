@@ -75,7 +75,14 @@ def leak_env(openai_fake: Any, clean_db: None, monkeypatch: pytest.MonkeyPatch) 
     with Monitor(url) as monitor:
         worker = start_worker(f"leaks-{RUN_ID}", LOG_DIR, env, loglevel="DEBUG")
         try:
-            yield {"app": app, "url": url, "demo_url": demo_url, "worker": worker, "monitor": monitor, "env": env}
+            yield {
+                "app": app,
+                "url": url,
+                "demo_url": demo_url,
+                "worker": worker,
+                "monitor": monitor,
+                "env": env,
+            }
         finally:
             worker.stop()
             demo.stop()
@@ -97,15 +104,25 @@ def assert_clean(where: str, text: str) -> None:
         assert secret not in text, f"a secret appears in {where}"
 
 
-def test_a_key_echoed_back_by_a_server_is_masked_in_rows_and_results(worker_proc: Any, demo_http: str) -> None:
+def test_a_key_echoed_back_by_a_server_is_masked_in_rows_and_results(
+    worker_proc: Any, demo_http: str
+) -> None:
     """A producer should never put a key in arguments; if a server echoes one back anyway (here
     the service's own key, passed along by mistake), what the worker stores masks it."""
     from testenv import DEMO_HTTP_TOKEN
 
     user = f"echo-{uuid.uuid4().hex[:6]}"
     with session_scope() as session:
-        save_service(session, {"user_id": user, "desc": "ok", "interaction_mode": "http", "url": demo_http,
-                               "api_key": DEMO_HTTP_TOKEN})
+        save_service(
+            session,
+            {
+                "user_id": user,
+                "desc": "ok",
+                "interaction_mode": "http",
+                "url": demo_http,
+                "api_key": DEMO_HTTP_TOKEN,
+            },
+        )
     row = final(submit_tool(user, "ok", "echo", {"message": f"my key is {DEMO_HTTP_TOKEN}"}).id)
     assert row["status"] == "success"
     assert DEMO_HTTP_TOKEN not in repr(row) and "***" in repr(row["result"])
@@ -120,8 +137,18 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
             ("down", "streamable_http", f"http://127.0.0.1:{free_port()}/mcp"),
             ("stdio", "stdio", f"{sys.executable} -m worker.demo_server --transport stdio --test-tools"),
         ):
-            save_service(session, {"user_id": USER, "desc": desc, "interaction_mode": mode, "url": url,
-                                   "api_key": CANARY, "auth": auth, "params": {"project_id": 1}})
+            save_service(
+                session,
+                {
+                    "user_id": USER,
+                    "desc": desc,
+                    "interaction_mode": mode,
+                    "url": url,
+                    "api_key": CANARY,
+                    "auth": auth,
+                    "params": {"project_id": 1},
+                },
+            )
     calls = [
         ("ok", "echo", {"message": "hello"}, "success"),
         ("ok", "whoami", {}, "success"),
@@ -146,11 +173,15 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
     with get_engine().connect() as conn:
         for table in Base.metadata.sorted_tables:
             rows = conn.execute(sa.select(table)).all()
-            assert_clean(f"table {table.name}", repr([tuple(r) for r in rows if table.name != "mcp_services"]))
+            assert_clean(
+                f"table {table.name}", repr([tuple(r) for r in rows if table.name != "mcp_services"])
+            )
             if table.name == "mcp_services":
                 # The one place the key must live; nothing else in that table repeats it in clear.
                 for row in rows:
-                    assert CANARY not in repr({k: v for k, v in row._mapping.items() if k not in ("api_key", "auth")})
+                    assert CANARY not in repr(
+                        {k: v for k, v in row._mapping.items() if k not in ("api_key", "auth")}
+                    )
 
     # The CLI's output.
     cli = [sys.executable, "-m", "worker.cli"]

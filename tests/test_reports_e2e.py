@@ -77,7 +77,9 @@ def test_weekly_report_from_the_bundled_template_has_correct_counts(seeded: None
 
 
 def test_the_seeds_executive_summary_renders_unchanged_from_the_database(seeded: None) -> None:
-    report = wait_report(submit_report("user1", "openproject_weekly_report", "executive_summary.j2", PERIOD).id)
+    report = wait_report(
+        submit_report("user1", "openproject_weekly_report", "executive_summary.j2", PERIOD).id
+    )
     project = demo_project(1)
     counts = Counter(w["status"] for w in project["work_packages"])
     assert report["content"] == (
@@ -86,7 +88,9 @@ def test_the_seeds_executive_summary_renders_unchanged_from_the_database(seeded:
         f"- Completed: {counts['Completed']}\n- In Progress: {counts['In Progress']}\n- Blocked: {counts['Blocked']}"
     )
     with session_scope() as session:
-        stored = session.scalar(sa.select(McpTemplate.content).where(McpTemplate.name == "executive_summary.j2"))
+        stored = session.scalar(
+            sa.select(McpTemplate.content).where(McpTemplate.name == "executive_summary.j2")
+        )
     assert stored == SEED_EXECUTIVE_SUMMARY
 
 
@@ -152,7 +156,9 @@ def test_templates_are_validated_before_they_are_stored(db_session: Any) -> None
 
 def test_the_same_task_id_twice_yields_one_report(seeded: None, worker_proc: Any) -> None:
     task_id = f"report-{uuid.uuid4()}"
-    first = wait_report(submit_report("user1", "openproject_weekly_report", period=PERIOD, task_id=task_id).id)
+    first = wait_report(
+        submit_report("user1", "openproject_weekly_report", period=PERIOD, task_id=task_id).id
+    )
     submit_report("user1", "openproject_weekly_report", period=PERIOD, task_id=task_id)
     wait_until(
         lambda: any(task_id in line and "already stored" in line for line in worker_proc.log().splitlines()),

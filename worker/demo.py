@@ -276,7 +276,9 @@ def run_demo(*, keep_running: bool = False) -> int:
             rows = _final_rows(task_ids)
             report_row = _report_row(report.id)
             report_failed = _final_rows([report.id]).get(report.id, {}).get("status") == "error"
-            state = f"{len(rows)}/{len(task_ids)} tool calls done, report {'done' if report_row else 'pending'}"
+            state = (
+                f"{len(rows)}/{len(task_ids)} tool calls done, report {'done' if report_row else 'pending'}"
+            )
             if state != shown:
                 _progress(state)
                 shown = state

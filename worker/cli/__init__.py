@@ -12,7 +12,17 @@ from collections.abc import Sequence
 
 from worker.errors import WorkerError
 
-COMMAND_MODULES = ("db", "services", "calls", "executions", "reports", "schedules", "health", "run", "servers")
+COMMAND_MODULES = (
+    "db",
+    "services",
+    "calls",
+    "executions",
+    "reports",
+    "schedules",
+    "health",
+    "run",
+    "servers",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
