@@ -33,16 +33,16 @@ pytestmark = pytest.mark.faults
 # timeout stays above the hard limit, as in production. The settings refuse a soft limit that
 # does not exceed connect + call.
 CHILD_KILL = {
-    "MCP_TASK_SOFT_TIME_LIMIT": 15,
-    "MCP_TASK_TIME_LIMIT": 20,
-    "MCP_CONNECT_TIMEOUT": 3,
-    "MCP_CALL_TIMEOUT": 10,
-    "MCP_VISIBILITY_TIMEOUT": 30,
+    "MCP_TASK_SOFT_TIME_LIMIT": 13,
+    "MCP_TASK_TIME_LIMIT": 15,
+    "MCP_CONNECT_TIMEOUT": 2,
+    "MCP_CALL_TIMEOUT": 5,
+    "MCP_VISIBILITY_TIMEOUT": 20,
     "MCP_UNACKED_RESTORE_INTERVAL": 1,
     "MCP_UNACKED_RESTORE_THROTTLE": 1,
 }
 # Longer than the time the test needs to see the call and kill its process, shorter than the call timeout.
-CALL_S = 8
+CALL_S = 4
 ROW_TIMEOUT_S = 120.0
 
 
@@ -78,11 +78,11 @@ def test_a_pool_child_killed_mid_call_is_redelivered_into_the_same_row(
 # Every time limit below the visibility timeout (as in production, scaled down): a message the dead
 # worker held comes back 10 s after it was delivered, when the lease of its row has run out.
 WORKER_KILL = {
-    "MCP_TASK_SOFT_TIME_LIMIT": 8,
-    "MCP_TASK_TIME_LIMIT": 9,
+    "MCP_TASK_SOFT_TIME_LIMIT": 10,
+    "MCP_TASK_TIME_LIMIT": 11,
     "MCP_CONNECT_TIMEOUT": 2,
-    "MCP_CALL_TIMEOUT": 4,
-    "MCP_VISIBILITY_TIMEOUT": 10,
+    "MCP_CALL_TIMEOUT": 2,
+    "MCP_VISIBILITY_TIMEOUT": 12,
     "MCP_UNACKED_RESTORE_INTERVAL": 1,
     "MCP_UNACKED_RESTORE_THROTTLE": 1,
 }
