@@ -85,6 +85,16 @@ beat_schedule: dict[str, dict[str, object]] = {
         # A tick older than a minute is stale: the next one does its work.
         "options": {"queue": "mcp.schedule", "expires": 55},
     },
+    "reap-stuck-executions": {
+        "task": "mcp.reap_stuck_executions",
+        "schedule": crontab(minute="*/5"),
+        "options": {"queue": "mcp.schedule", "expires": 240},
+    },
+    "prune-old-records": {
+        "task": "mcp.prune_old_records",
+        "schedule": crontab(hour=3, minute=17),
+        "options": {"queue": "mcp.schedule", "expires": 3600},
+    },
 }
 beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
 timezone = "UTC"

@@ -70,6 +70,12 @@ class BenchEnv:
             self._create_database()
             os.environ.update(self.environment())
             from worker import schema
+            from worker.db import dispose_engine
+            from worker.settings import reset_settings
+
+            # In case anything read the settings before the environment was set.
+            reset_settings()
+            dispose_engine()
 
             schema.upgrade(self.db_url)
             self.http_url = self._start_demo("streamable-http")

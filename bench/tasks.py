@@ -9,29 +9,9 @@ a new `mcp.Client` (a new stdio child, or a new HTTP client and session) for eve
 from __future__ import annotations
 
 import asyncio
-import shlex
-from typing import Any
 
-from mcp import Client, StdioServerParameters
-from mcp.client.sse import sse_client
-
+from bench.clients import TOOL, client_for, result_text
 from worker.celery import app
-
-TOOL = "echo"
-
-
-def client_for(mode: str, target: str) -> Client:
-    """A plain `mcp` 2.x `Client` in its default mode for a stdio command line or an HTTP URL."""
-    if mode == "stdio":
-        argv = shlex.split(target)
-        return Client(StdioServerParameters(command=argv[0], args=argv[1:]))
-    if mode == "sse":
-        return Client(sse_client(target))
-    return Client(target)
-
-
-def result_text(result: Any) -> str:
-    return " ".join(getattr(block, "text", "") for block in result.content)
 
 
 @app.task(name="bench.noop", queue="mcp.tools", acks_late=True)

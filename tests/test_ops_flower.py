@@ -17,7 +17,7 @@ from testenv import LOG_DIR, RUN_ID
 
 from worker import executions
 from worker.db import session_scope
-from worker.registry import save_service
+from worker.registry import remove_service, save_service
 
 FLOWER_USER = "ops"
 FLOWER_PASSWORD = f"flower-pw-{RUN_ID}"
@@ -74,6 +74,8 @@ def service() -> Iterator[dict[str, str]]:
         )
     yield {"user": user, "desc": "pm"}
     proc.stop()
+    with session_scope() as session:
+        remove_service(session, user, "pm")
 
 
 @pytest.fixture

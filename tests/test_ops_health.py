@@ -26,10 +26,10 @@ from worker.health import (
     bounded,
     find_stuck,
     one_line,
-    stuck_after,
+    stuck_cutoff,
 )
 from worker.models import McpExecution
-from worker.registry import save_service
+from worker.registry import remove_service, save_service
 from worker.settings import get_settings
 
 CLI = [sys.executable, "-m", "worker.cli"]
@@ -165,6 +165,9 @@ def services(clean_db: None, demo_http: str) -> Iterator[dict[str, str]]:
             },
         )
     yield {"user": user, "live_key": DEMO_HTTP_TOKEN, "dead_key": dead_key}
+    with session_scope() as session:
+        for desc in ("pm-http", "gone"):
+            remove_service(session, user, desc)
 
 
 def test_services_are_checked_one_by_one_without_showing_keys(
@@ -184,8 +187,11 @@ def test_services_are_checked_one_by_one_without_showing_keys(
     assert services["dead_key"] not in text
 
 
-def _running_row(started_ago: timedelta, attempts: int) -> str:
+def _running_row(started_ago: timedelta, lease_left: timedelta | None, attempts: int = 1) -> str:
+    """A `running` row whose attempt began `started_ago` (first attempt) with `lease_left` to run
+    on its lease (negative: ran out that long ago; None: a row from before leases)."""
     task_id = f"stuck-{uuid.uuid4()}"
+    now = datetime.now(UTC)
     with session_scope() as session:
         session.add(
             McpExecution(
@@ -195,7 +201,9 @@ def _running_row(started_ago: timedelta, attempts: int) -> str:
                 tool_name="echo",
                 status=executions.Status.RUNNING.value,
                 attempts=attempts,
-                started_at=datetime.now(UTC) - started_ago,
+                started_at=now - started_ago,
+                lease_owner=None if lease_left is None else "some-worker",
+                lease_expires_at=None if lease_left is None else now + lease_left,
             )
         )
     return task_id
@@ -210,29 +218,36 @@ def _row(task_id: str) -> McpExecution:
 
 def test_stuck_rows_are_reported_and_fixed_only_when_asked(clean_db: None) -> None:
     settings = get_settings()
-    one = stuck_after(settings, 1)
-    stuck = _running_row(one + timedelta(seconds=30), attempts=1)
-    recent = _running_row(timedelta(seconds=5), attempts=1)
-    # On its third attempt a row may have started three hard limits (and two backoffs) ago.
-    retried = _running_row(2 * one, attempts=3)
+    now = datetime.now(UTC)
+    # A holder outlives its lease by at most hard - soft before the hard limit kills it.
+    grace = now - stuck_cutoff(settings, now)
+    hour = timedelta(hours=1)
+    dead = _running_row(grace + hour, lease_left=-(grace + timedelta(seconds=30)))
+    legacy = _running_row(grace + hour, lease_left=None)
+    live = _running_row(timedelta(seconds=5), lease_left=timedelta(seconds=60))
+    # Past its lease, but not yet past its hard limit: it may still finish.
+    overtime = _running_row(grace, lease_left=-(grace - timedelta(seconds=30)))
+    # The third attempt of a task that first started hours ago, on a fresh lease.
+    retried = _running_row(10 * hour, lease_left=timedelta(seconds=60), attempts=3)
 
     found = find_stuck(settings)
-    assert [r["task_id"] for r in found] == [stuck]
-    assert _row(stuck).status == "running"
+    assert [r["task_id"] for r in found] == [dead, legacy]
+    assert _row(dead).status == "running"
 
     fixed = find_stuck(settings, fix=True)
-    assert [r["task_id"] for r in fixed] == [stuck]
-    row = _row(stuck)
-    assert row.status == "error"
-    assert row.error_message == STUCK_REASON
-    assert row.finished_at is not None
-    assert _row(recent).status == "running"
-    assert _row(retried).status == "running"
+    assert [r["task_id"] for r in fixed] == [dead, legacy]
+    for task_id in (dead, legacy):
+        row = _row(task_id)
+        assert row.status == "error"
+        assert row.error_message == STUCK_REASON
+        assert row.finished_at is not None
+    for task_id in (live, overtime, retried):
+        assert _row(task_id).status == "running"
     assert find_stuck(settings) == []
 
 
-def test_health_fix_stuck_reports_a_warning_not_an_outage(worker_proc: object, clean_db: None) -> None:
-    stuck = _running_row(stuck_after(get_settings(), 1) + timedelta(minutes=1), attempts=1)
+def test_health_fix_stuck_reports_a_warning_not_an_outage(worker_proc: Proc, clean_db: None) -> None:
+    stuck = _running_row(timedelta(days=1), lease_left=-timedelta(hours=23))
     code, report, _ = health("--timeout", "5")
     check = by_component(report)["stuck executions"]
     assert check["status"] == "warn" and "1 row(s)" in check["detail"]

@@ -196,12 +196,6 @@ def test_no_api_key_anywhere_in_the_worker_output(run: Run) -> None:
     assert "sk-live-LOGTEST" not in run.raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in worker/mcp/pool.py: a pooled session's owner task is created inside the "
-    "context of the task that opened it, so the session's later lines (stdio stderr, closing) carry "
-    "that first task's id and user; fix: create it with context=contextvars.Context()",
-)
 def test_no_line_carries_the_id_of_a_task_that_already_finished(run: Run) -> None:
     finished: set[str] = set()
     late = []
@@ -214,10 +208,5 @@ def test_no_line_carries_the_id_of_a_task_that_already_finished(run: Run) -> Non
     assert late == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap in worker/logs.py: the HTTP stack is httpcore2, whose DEBUG lines (response "
-    "headers, which may carry mcp-session-id or cookies) are not silenced like httpx/httpcore",
-)
 def test_http_wire_logs_are_silenced_even_at_debug(run: Run) -> None:
     assert [line for line in run.lines if line["logger"].startswith(("httpcore", "httpx"))] == []

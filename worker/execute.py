@@ -21,6 +21,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from worker import executions, mcp
 from worker.db import session_scope
@@ -48,9 +49,15 @@ class CallResult:
     execution_time_ms: int | None
     attempts: int
     cached: bool = False
+    # The result's JSON when it was already encoded (for the row), so the summary does not redo it.
+    encoded: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        text = json.dumps(self.result, ensure_ascii=False, default=str)
+        text = (
+            self.encoded
+            if self.encoded is not None
+            else json.dumps(self.result, ensure_ascii=False, default=str)
+        )
         return {
             "execution_id": self.execution_id,
             "task_id": self.task_id,
@@ -92,6 +99,18 @@ def _wait_for_holder(task_id: str, begun: executions.Begun) -> CallResult | None
             return None
 
 
+def _resolve(user: str, desc: str, session: Session, begun: executions.Begun) -> ServiceConfig | Exception:
+    """The service, or the error resolving it, for `run_tool_call` to record and raise with the
+    rest of the call's failures (a database outage is raised at once: nothing can be recorded)."""
+    try:
+        return resolve(user, desc, session)
+    except DBAPIError:
+        logger.warning("execution %s could not reach the database; the task will retry", begun.id)
+        raise
+    except Exception as exc:
+        return exc
+
+
 def _elapsed_ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
@@ -123,7 +142,8 @@ def run_tool_call(
         f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{task_id}".encode()
     ).hexdigest()[:32]
     while True:
-        with session_scope() as session:
+        # One connection and no transaction for the claim and the service lookup: two round trips.
+        with executions.autocommit_session() as session:
             begun = executions.begin(
                 session,
                 task_id=task_id,
@@ -134,6 +154,9 @@ def run_tool_call(
                 owner=owner,
                 lease_seconds=settings.task_soft_time_limit,
             )
+            if begun.claimed:
+                started = time.perf_counter()
+                resolved = _resolve(user, desc, session, begun)
         if begun.already_succeeded:
             logger.info("execution %s already succeeded; returning the stored result", begun.id)
             return CallResult(
@@ -145,17 +168,18 @@ def run_tool_call(
         if held is not None:
             return held
 
-    started = time.perf_counter()
     stored_params: Any = None
     try:
-        config = resolve(user, desc)
+        if isinstance(resolved, Exception):
+            raise resolved
+        config = resolved
         register_secrets(config.secrets())
         merged = merge_arguments(config, args)
         stored_params = redact_params(merged, config.secrets())
         outcome = mcp.call_tool(config, name, merged, settings=settings)
         if outcome.is_error:
             raise ToolFailed(f"tool {name!r} reported an error: {outcome.message or 'no message'}")
-        result = executions.bounded_result(
+        result, encoded = executions.encode_result(
             redact_params(outcome.result, config.secrets()), settings.max_result_bytes
         )
     except WorkerError as exc:
@@ -210,6 +234,8 @@ def run_tool_call(
         logger.exception("execution %s failed unexpectedly", begun.id)
         raise
     elapsed = _elapsed_ms(started)
-    with session_scope() as session:
-        executions.succeed(session, task_id, result=result, elapsed_ms=elapsed, params=stored_params)
-    return CallResult(begun.id, task_id, "success", result, elapsed, begun.attempts)
+    with executions.autocommit_session() as session:
+        executions.succeed(
+            session, task_id, result=result, elapsed_ms=elapsed, params=stored_params, encoded=encoded
+        )
+    return CallResult(begun.id, task_id, "success", result, elapsed, begun.attempts, encoded=encoded)

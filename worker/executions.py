@@ -10,8 +10,8 @@ A run's lifecycle is a small status enum; every transition is persisted here and
 task whose row already says `success` gets the stored row back so the caller can return it
 without calling the server again.
 
-Claiming is a conditional UPDATE that also takes a lease (`lease_owner`, `lease_expires_at`): a
-second copy of a task that is still running (Redis redelivers a task that outlives the
+Claiming is one statement, an INSERT whose ON CONFLICT update is conditional, that also takes a
+lease (`lease_owner`, `lease_expires_at`): a second copy of a task that is still running (Redis redelivers a task that outlives the
 visibility timeout) finds the row `running` under a live lease and does not claim it; the caller
 waits for the holder's outcome, and takes over only when the lease has run out, which means the
 holder died (a SIGKILLed worker).
@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from worker.db import get_engine
 from worker.models import McpExecution
 
 TRUNCATION_MARKER = "__truncated__"
@@ -64,11 +67,94 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _insert_ignore(session: Session, values: dict[str, Any]) -> None:
-    dialect = session.get_bind().dialect.name
+@contextmanager
+def autocommit_session() -> Iterator[Session]:
+    """A session on a pooled connection in autocommit mode, for the hot path's steps: each of
+    them is one write (plus reads that need no snapshot), so a BEGIN and a COMMIT would only add
+    two round trips. Nothing is left open: each statement commits as it runs."""
+    with get_engine().connect() as connection:
+        raw = connection.connection.dbapi_connection
+        if connection.dialect.driver != "psycopg2" or raw is None:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            with Session(bind=connection) as session:
+                yield session
+            return
+        # psycopg2's own switch costs nothing; `isolation_level="AUTOCOMMIT"` would also reset the
+        # isolation level on release, which psycopg2 turns into two more round trips per checkout.
+        raw.autocommit = True
+        try:
+            with Session(bind=connection) as session:
+                yield session
+        finally:
+            if not raw.closed:
+                raw.autocommit = False
+
+
+_table = cast(sa.Table, McpExecution.__table__)
+# Statements are built once (per dialect) and hit SQLAlchemy's compiled cache: building ORM
+# statements on every call cost more than their round trips.
+_CLAIMS: dict[str, Any] = {}
+
+
+def _claim_statement(dialect: str) -> Any:
+    """INSERT the row already claimed, or, when it exists, take it over only if it has not
+    succeeded and nobody else holds a live lease on it; RETURNING the row when claimed."""
+    stmt = _CLAIMS.get(dialect)
+    if stmt is not None:
+        return stmt
+    c = _table.c
+    now: sa.BindParameter[datetime] = sa.bindparam("b_now")
+    owner: sa.BindParameter[str] = sa.bindparam("b_owner")
+    expires: sa.BindParameter[datetime] = sa.bindparam("b_expires")
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(McpExecution).values(**values).on_conflict_do_nothing(index_elements=["task_id"])
-    session.execute(stmt)
+    stmt = (
+        insert(_table)
+        .values(
+            task_id=sa.bindparam("b_task_id"),
+            user_id=sa.bindparam("b_user_id"),
+            tool_desc=sa.bindparam("b_service"),
+            tool_name=sa.bindparam("b_tool"),
+            params=sa.bindparam("b_params", type_=_table.c.params.type),
+            status=Status.RUNNING.value,
+            attempts=1,
+            started_at=now,
+            lease_owner=owner,
+            lease_expires_at=expires,
+        )
+        .on_conflict_do_update(
+            index_elements=["task_id"],
+            set_={
+                "status": Status.RUNNING.value,
+                "attempts": c.attempts + 1,
+                "started_at": sa.func.coalesce(c.started_at, now),
+                "finished_at": None,
+                "lease_owner": owner,
+                "lease_expires_at": expires,
+            },
+            where=sa.and_(
+                c.status != Status.SUCCESS.value,
+                sa.or_(
+                    c.status != Status.RUNNING.value,
+                    c.lease_expires_at.is_(None),
+                    c.lease_expires_at < now,
+                    c.lease_owner == owner,
+                ),
+            ),
+        )
+        .returning(c.id, c.attempts)
+    )
+    _CLAIMS[dialect] = stmt
+    return stmt
+
+
+_FIND = sa.select(
+    _table.c.id,
+    _table.c.status,
+    _table.c.attempts,
+    _table.c.result,
+    _table.c.execution_time_ms,
+    _table.c.lease_expires_at,
+).where(_table.c.task_id == sa.bindparam("b_task_id"))
 
 
 def begin(
@@ -84,59 +170,28 @@ def begin(
 ) -> Begun:
     """Create or reopen the row for `task_id`, claim it for `owner` and count this attempt.
 
-    Two statements in the caller's transaction: an insert that does nothing if the row exists,
-    then a conditional update that claims it unless it already succeeded or another owner holds
-    a live lease on it.
+    One statement (an upsert whose update only applies when the row has not succeeded and no
+    other owner holds a live lease on it), so one round trip; a second one only when it was not
+    claimed, to say why.
     """
     now = _now()
     expires = now + timedelta(seconds=lease_seconds)
-    _insert_ignore(
-        session,
-        {
-            "task_id": task_id,
-            "user_id": user_id,
-            "tool_desc": service,
-            "tool_name": tool,
-            "params": params,
-            "status": Status.PENDING.value,
-            "attempts": 0,
-            "started_at": now,
-        },
-    )
     claimed = session.execute(
-        sa.update(McpExecution)
-        .where(
-            McpExecution.task_id == task_id,
-            McpExecution.status != Status.SUCCESS.value,
-            sa.or_(
-                McpExecution.status != Status.RUNNING.value,
-                McpExecution.lease_expires_at.is_(None),
-                McpExecution.lease_expires_at < now,
-                McpExecution.lease_owner == owner,
-            ),
-        )
-        .values(
-            status=Status.RUNNING.value,
-            attempts=McpExecution.attempts + 1,
-            started_at=sa.func.coalesce(McpExecution.started_at, now),
-            finished_at=None,
-            lease_owner=owner,
-            lease_expires_at=expires,
-        )
-        .returning(McpExecution.id, McpExecution.attempts)
+        _claim_statement(session.get_bind().dialect.name),
+        {
+            "b_task_id": task_id,
+            "b_user_id": user_id,
+            "b_service": service,
+            "b_tool": tool,
+            "b_params": params,
+            "b_now": now,
+            "b_owner": owner,
+            "b_expires": expires,
+        },
     ).one_or_none()
     if claimed is not None:
         return Begun(id=claimed.id, attempts=claimed.attempts, already_succeeded=False)
-    row = session.execute(
-        sa.select(
-            McpExecution.id,
-            McpExecution.status,
-            McpExecution.attempts,
-            McpExecution.result,
-            McpExecution.execution_time_ms,
-            McpExecution.lease_expires_at,
-        ).where(McpExecution.task_id == task_id)
-    ).one()
+    row = session.execute(_FIND, {"b_task_id": task_id}).one()
     if row.status == Status.SUCCESS.value:
         return Begun(row.id, row.attempts, True, row.result, row.execution_time_ms)
     return Begun(row.id, row.attempts, False, held_until=_utc(row.lease_expires_at) or expires)
@@ -147,29 +202,62 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+def encode_result(result: Any, max_bytes: int) -> tuple[Any, str]:
+    """`result`, or a marked preview of it when its JSON is larger than `max_bytes`, with the JSON
+    text of what is kept: encoded once, for the size check, the row and the task's summary."""
+    encoded = json.dumps(result, ensure_ascii=False, default=str)
+    if len(encoded) * 4 <= max_bytes:
+        return result, encoded  # even all 4-byte UTF-8 characters fit: no need to count
+    raw = encoded.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return result, encoded
+    preview = raw[: max(0, max_bytes - 256)].decode("utf-8", errors="ignore")
+    bounded = {TRUNCATION_MARKER: True, "original_bytes": len(raw), "preview": preview}
+    return bounded, json.dumps(bounded, ensure_ascii=False)
+
+
 def bounded_result(result: Any, max_bytes: int) -> Any:
     """`result`, or a marked preview of it when its JSON is larger than `max_bytes`."""
-    encoded = json.dumps(result, ensure_ascii=False, default=str)
-    size = len(encoded.encode("utf-8"))
-    if size <= max_bytes:
-        return result
-    preview = encoded.encode("utf-8")[: max(0, max_bytes - 256)].decode("utf-8", errors="ignore")
-    return {TRUNCATION_MARKER: True, "original_bytes": size, "preview": preview}
+    return encode_result(result, max_bytes)[0]
 
 
-def succeed(session: Session, task_id: str, *, result: Any, elapsed_ms: int, params: Any = None) -> None:
-    """Mark the row `success` with its result and timing."""
+def _succeed_statement(with_params: bool) -> Any:
     values: dict[str, Any] = {
         "status": Status.SUCCESS.value,
-        "result": result,
+        # Bound as the JSON text `encode_result` made: the column parses it, nothing encodes it again.
+        "result": sa.bindparam("b_result", type_=sa.Text()),
         "error_message": None,
-        "execution_time_ms": elapsed_ms,
-        "finished_at": _now(),
+        "execution_time_ms": sa.bindparam("b_elapsed"),
+        "finished_at": sa.bindparam("b_finished"),
         "lease_expires_at": None,
     }
+    if with_params:
+        values["params"] = sa.bindparam("b_params", type_=_table.c.params.type)
+    return sa.update(_table).where(_table.c.task_id == sa.bindparam("b_task_id")).values(**values)
+
+
+_SUCCEED = {True: _succeed_statement(True), False: _succeed_statement(False)}
+
+
+def succeed(
+    session: Session,
+    task_id: str,
+    *,
+    result: Any,
+    elapsed_ms: int,
+    params: Any = None,
+    encoded: str | None = None,
+) -> None:
+    """Mark the row `success` with its result and timing (`encoded`: the result's JSON, if made)."""
+    values = {
+        "b_task_id": task_id,
+        "b_result": encoded if encoded is not None else json.dumps(result, ensure_ascii=False, default=str),
+        "b_elapsed": elapsed_ms,
+        "b_finished": _now(),
+    }
     if params is not None:
-        values["params"] = params
-    session.execute(sa.update(McpExecution).where(McpExecution.task_id == task_id).values(**values))
+        values["b_params"] = params
+    session.execute(_SUCCEED[params is not None], values)
 
 
 def fail(

@@ -278,56 +278,37 @@ def list_configured_services(settings: Settings) -> list[ServiceConfig]:
 # ---------------------------------------------------------------- stuck rows
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands timezone-aware columns back naive; they were stored in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+def stuck_cutoff(settings: Settings, now: datetime) -> datetime:
+    """Rows whose lease ran out before this are past their hard time limit, so their worker died.
 
-
-def stuck_after(settings: Settings, attempts: int) -> timedelta:
-    """How long after its first start a row on attempt `attempts` may still legitimately run.
-
-    `started_at` is the first attempt's start, so attempt k may have begun k-1 hard limits and
-    k-1 retry countdowns after it.
+    A claim's lease runs for the task soft time limit from the attempt's start (worker.execute);
+    a holder still alive at its lease's end is killed by the longest hard limit, `hard - soft`
+    later. Rows without a lease (before migration 0004) count from `started_at`.
     """
-    from worker.tasks import RETRY_BACKOFF_MAX_S
-
     hard = max(settings.task_time_limit, settings.report_time_limit)
-    attempts = max(1, attempts)
-    return timedelta(seconds=hard * attempts + RETRY_BACKOFF_MAX_S * (attempts - 1))
+    return now - timedelta(seconds=max(0, hard - settings.task_soft_time_limit))
 
 
 def find_stuck(settings: Settings, now: datetime | None = None, fix: bool = False) -> list[dict[str, Any]]:
-    """Rows `running` longer than the hard time limit allows; with `fix`, mark them `error`."""
+    """Rows left `running` past the hard time limit; with `fix`, marked `error` (STUCK_REASON)."""
     from worker import executions
     from worker.db import session_scope
     from worker.models import McpExecution
 
-    now = now or datetime.now(UTC)
-    earliest = now - stuck_after(settings, 1)
+    cutoff = stuck_cutoff(settings, now or datetime.now(UTC))
     with session_scope() as session:
+        # The same rows `executions.mark_stuck` takes: the one place that persists the transition.
         rows = session.execute(
-            sa.select(
-                McpExecution.id, McpExecution.task_id, McpExecution.started_at, McpExecution.attempts
-            ).where(
-                McpExecution.status == executions.Status.RUNNING.value,
-                McpExecution.started_at < earliest,
+            sa.select(McpExecution.id, McpExecution.task_id, McpExecution.attempts)
+            .where(
+                McpExecution.status.in_([executions.Status.RUNNING.value, executions.Status.PENDING.value]),
+                sa.func.coalesce(McpExecution.lease_expires_at, McpExecution.started_at) < cutoff,
             )
+            .order_by(McpExecution.id)
         ).all()
-        stuck = [
-            {"id": r.id, "task_id": r.task_id, "started_at": _aware(r.started_at), "attempts": r.attempts}
-            for r in rows
-            if _aware(r.started_at) < now - stuck_after(settings, r.attempts)
-        ]
-        if fix and stuck:
-            session.execute(
-                sa.update(McpExecution)
-                .where(
-                    McpExecution.id.in_([r["id"] for r in stuck]),
-                    McpExecution.status == executions.Status.RUNNING.value,
-                )
-                .values(status=executions.Status.ERROR.value, error_message=STUCK_REASON, finished_at=now)
-            )
-    return stuck
+        if fix and rows:
+            executions.mark_stuck(session, cutoff, STUCK_REASON)
+    return [{"id": r.id, "task_id": r.task_id, "attempts": r.attempts} for r in rows]
 
 
 def check_stuck(settings: Settings, fix: bool) -> Check:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from worker import mcp
 from worker.db import dispose_engine
@@ -24,7 +24,7 @@ def _close_resources(**_: Any) -> None:
         dispose_engine()
 
 
-@worker_init.connect
+@worker_ready.connect
 def _warn_about_configuration(**_: Any) -> None:
     from worker.crypto import warn_if_unencrypted
     from worker.settings import get_settings

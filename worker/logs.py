@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -70,14 +71,22 @@ def configure_logging(level: str | int | None = None) -> None:
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
+    logging.captureWarnings(True)
     root.setLevel(level or settings.log_level)
-    for noisy in ("httpx", "httpx2", "httpcore", "mcp.client", "sse_starlette"):
+    # HTTP client internals log headers at DEBUG (session ids, cookies); the SDK's client logs
+    # tracebacks for dropped streams that the runtime already classifies.
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "mcp.client", "sse_starlette"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 @setup_logging.connect
 def _celery_setup_logging(loglevel: Any = None, **_: Any) -> None:
-    configure_logging(level=loglevel if isinstance(loglevel, str | int) else None)
+    # LOG_LEVEL, when set, wins over Celery's --loglevel (which always has a value, WARNING by
+    # default), so one variable sets the level of the worker, beat and the CLI alike.
+    explicit = os.environ.get("LOG_LEVEL")
+    configure_logging(
+        level=explicit.upper() if explicit else loglevel if isinstance(loglevel, str | int) else None
+    )
 
 
 @task_prerun.connect

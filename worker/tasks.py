@@ -117,3 +117,35 @@ def dispatch_due_reports() -> dict[str, Any]:
 
     dispatched = dispatch_due()
     return {"dispatched": [d.task_id for d in dispatched]}
+
+
+@app.task(
+    name="mcp.prune_old_records",
+    queue="mcp.schedule",
+    soft_time_limit=1800,
+    time_limit=1860,
+    # Each batch commits on its own; a run cut short simply continues tomorrow.
+    acks_late=False,
+    ignore_result=True,
+)
+def prune_old_records() -> dict[str, int]:
+    """Beat's daily retention run: delete executions and reports older than MCP_RETENTION_DAYS."""
+    from worker.retention import prune
+
+    return prune()
+
+
+@app.task(
+    name="mcp.reap_stuck_executions",
+    queue="mcp.schedule",
+    soft_time_limit=120,
+    time_limit=150,
+    acks_late=False,
+    ignore_result=True,
+)
+def reap_stuck_executions() -> dict[str, int]:
+    """Mark rows left `running` past the hard time limit (their worker died and no redelivery
+    came) as `error` with the reason, so no row stays `running` forever."""
+    from worker.health import find_stuck
+
+    return {"marked_error": len(find_stuck(_settings, fix=True))}

@@ -15,9 +15,11 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -173,26 +175,28 @@ class RedisServer:
 
 
 def _as_postgres(argv: list[str], timeout: float = 60) -> None:
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", *argv], check=True, timeout=timeout, capture_output=True
+    done = subprocess.run(
+        ["runuser", "-u", "postgres", "--", *argv], timeout=timeout, capture_output=True, text=True
     )
+    if done.returncode != 0:
+        raise AssertionError(f"{shlex.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
 
 class PgCluster:
     """A private Postgres cluster (initdb in a temporary folder, TCP on a free loopback port)."""
 
-    def __init__(self, procs: Procs, workdir: Path) -> None:
+    def __init__(self, procs: Procs) -> None:
         self.port = free_port()
-        self.dir = workdir / f"pg-{self.port}"
+        # Not under pytest's tmp_path: its folders are private to root and postgres must enter this one.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"mcp-faults-pg-{self.port}-"))
+        procs.on_cleanup(lambda: shutil.rmtree(self.dir, ignore_errors=True))
+        procs.on_cleanup(self.stop_immediately)
         self.data = self.dir / "data"
-        self.dir.mkdir(parents=True, exist_ok=True)
         user = pwd.getpwnam("postgres")
         os.chown(self.dir, user.pw_uid, user.pw_gid)
-        self.dir.chmod(0o700)
         _as_postgres(
             [str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"]
         )
-        procs.on_cleanup(self.stop_immediately)
 
     @property
     def url(self) -> str:
@@ -270,7 +274,8 @@ class Worker:
         return children_of(self.pid)
 
     def active(self) -> list[dict[str, Any]]:
-        replies = self.app.control.inspect(destination=[self.hostname], timeout=1.0).active() or {}
+        inspect = self.app.control.inspect(destination=[self.hostname], timeout=1.0, limit=1)
+        replies = inspect.active() or {}
         return list(replies.get(self.hostname) or [])
 
 

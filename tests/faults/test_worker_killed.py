@@ -30,19 +30,19 @@ from worker.client import submit_tool
 pytestmark = pytest.mark.faults
 
 # Short limits so a dead holder's lease (the soft time limit) runs out in seconds; the visibility
-# timeout stays above the hard limit, as in production. The settings refuse a soft limit that
-# does not exceed connect + call.
+# timeout stays above the hard limit, as in production. The settings want the soft limit above
+# connect + call + 5 s.
 CHILD_KILL = {
-    "MCP_TASK_SOFT_TIME_LIMIT": 13,
-    "MCP_TASK_TIME_LIMIT": 15,
+    "MCP_TASK_SOFT_TIME_LIMIT": 15,
+    "MCP_TASK_TIME_LIMIT": 17,
     "MCP_CONNECT_TIMEOUT": 2,
-    "MCP_CALL_TIMEOUT": 5,
-    "MCP_VISIBILITY_TIMEOUT": 20,
+    "MCP_CALL_TIMEOUT": 7,
+    "MCP_VISIBILITY_TIMEOUT": 25,
     "MCP_UNACKED_RESTORE_INTERVAL": 1,
     "MCP_UNACKED_RESTORE_THROTTLE": 1,
 }
-# Longer than the time the test needs to see the call and kill its process, shorter than the call timeout.
-CALL_S = 4
+# Longer than the test needs to see the call and kill its process; shorter than the call timeout.
+CALL_S = 6
 ROW_TIMEOUT_S = 120.0
 
 

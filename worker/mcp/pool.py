@@ -15,6 +15,7 @@ Calls per session key are capped by `max_concurrency_per_service`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -78,7 +79,11 @@ class Session:
         self.in_flight = 0
         self.last_used = time.monotonic()
         self._factory = lambda: open_client(config, settings, self.probe)
-        self.task = asyncio.get_running_loop().create_task(self._own(), name=f"mcp-session {config.desc}")
+        # A fresh context: the owner outlives the task that opened it, so it must not log with
+        # that task's id and user.
+        self.task = asyncio.get_running_loop().create_task(
+            self._own(), name=f"mcp-session {config.desc}", context=contextvars.Context()
+        )
 
     @property
     def usable(self) -> bool:

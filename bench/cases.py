@@ -1,0 +1,278 @@
+"""The measured cases. Each returns one number for one run; `bench.run` repeats and takes medians.
+
+Throughput cases drain a pre-filled queue: the worker stops consuming `mcp.tools`, the bench
+enqueues N tasks, the worker resumes, and the rate is N over the time from resuming to the last
+task's `date_done` in the result backend (stamped by the worker). The producer therefore does not
+compete with the worker for the two cores while the clock runs, and the figure is the worker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from bench.env import QUEUE, USER, BenchEnv
+from bench.procs import children, rss_kib, socket_count, wait_until
+from bench.clients import client_for
+
+EXECUTE_TOOL = "mcp.execute_tool"
+DRAIN_TIMEOUT_S = 600.0
+CONTROL_TIMEOUT_S = 5.0
+RESULT_KEY = "celery-task-meta-{}"
+
+
+@dataclass(frozen=True)
+class Drained:
+    """One throughput run: N tasks in `seconds`."""
+
+    n: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+
+def _app() -> Any:
+    from worker.celery import app
+
+    return app
+
+
+def _redis(env: BenchEnv) -> redis.Redis:
+    return redis.Redis.from_url(env.redis_url)
+
+
+def _control(env: BenchEnv, action: str) -> None:
+    control = _app().control
+    fn = control.cancel_consumer if action == "cancel" else control.add_consumer
+    replies = fn(QUEUE, destination=[env.worker_name], reply=True, timeout=CONTROL_TIMEOUT_S)
+    if not replies:
+        raise RuntimeError(f"worker {env.worker_name} did not answer {action}_consumer")
+
+
+def _send(name: str, kwargs_list: list[dict[str, Any]]) -> list[str]:
+    app = _app()
+    ids = []
+    with app.producer_or_acquire() as producer:
+        for kwargs in kwargs_list:
+            # Only the id is kept: the AsyncResult's finaliser drops its result subscription.
+            ids.append(app.send_task(name, kwargs=kwargs, queue=QUEUE, producer=producer).id)
+    return ids
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _results(client: redis.Redis, ids: list[str]) -> list[bytes | None]:
+    found: list[bytes | None] = []
+    for chunk in _chunks(ids):
+        found += client.mget([RESULT_KEY.format(i) for i in chunk])
+    return found
+
+
+def _wait_done(env: BenchEnv, ids: list[str], timeout: float = DRAIN_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Wait until every task has a SUCCESS result; return the result metas."""
+    client = _redis(env)
+    deadline = time.monotonic() + timeout
+    # Cheap until the queue is empty, then watch the last tasks, then check them all.
+    while client.llen(QUEUE) > 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the queue still holds {client.llen(QUEUE)} tasks")
+        time.sleep(0.1)
+    tail = ids[-10:]
+    wait_until(lambda: all(_results(client, tail)), timeout, "the last tasks to finish", interval=0.02)
+
+    def all_succeeded() -> list[bytes] | None:
+        found = _results(client, ids)
+        for r in found:
+            if r is not None and b'"FAILURE"' in r:
+                raise RuntimeError(f"a bench task failed: {r[:500]!r}")
+        if all(r is not None and b'"SUCCESS"' in r for r in found):
+            return [r for r in found if r is not None]
+        return None
+
+    raw = wait_until(all_succeeded, timeout, f"{len(ids)} tasks to succeed", interval=0.05)
+    client.close()
+    return [json.loads(r) for r in raw]
+
+
+def drain(env: BenchEnv, name: str, kwargs_list: list[dict[str, Any]]) -> Drained:
+    """Enqueue every task while the worker is not consuming, then time the worker draining them."""
+    _control(env, "cancel")
+    ids = _send(name, kwargs_list)
+    started = time.time()
+    _control(env, "add")
+    metas = _wait_done(env, ids)
+    finished = max(datetime.fromisoformat(m["date_done"]).timestamp() for m in metas)
+    return Drained(len(ids), finished - started)
+
+
+def warm(env: BenchEnv, name: str, kwargs_list: list[dict[str, Any]]) -> None:
+    """Run tasks unmeasured (opens each pool process's sessions, loads lazy imports)."""
+    _wait_done(env, _send(name, kwargs_list), timeout=120)
+
+
+# ---------------------------------------------------------------------- case 1: the ceiling
+
+
+def ceiling(env: BenchEnv, n: int) -> Drained:
+    warm(env, "bench.noop", [{}] * (4 * env.concurrency))
+    return drain(env, "bench.noop", [{}] * n)
+
+
+# ---------------------------------------------------------------------- case 2: direct MCP
+
+
+def direct(env: BenchEnv, mode: str, n: int, warmup: int = 5) -> Drained:
+    """`echo` in a loop over one persistent plain `mcp.Client` session in this process."""
+
+    async def loop() -> float:
+        async with client_for(mode, env.target(mode)) as client:
+            for i in range(warmup):
+                await client.call_tool("echo", {"message": f"warm {i}"})
+            started = time.perf_counter()
+            for i in range(n):
+                result = await client.call_tool("echo", {"message": f"bench {i}"})
+                if result.is_error:
+                    raise RuntimeError("echo failed")
+            return time.perf_counter() - started
+
+    return Drained(n, asyncio.run(loop()))
+
+
+# ---------------------------------------------------------------------- case 3: execute_tool
+
+
+def _tool_kwargs(mode: str, n: int, user: str = USER) -> list[dict[str, Any]]:
+    tag = uuid.uuid4().hex[:8]
+    return [
+        {"user_id": user, "service": mode, "tool": "echo", "arguments": {"message": f"bench {tag} {i}"}}
+        for i in range(n)
+    ]
+
+
+def _count_success(ids: list[str]) -> int:
+    from worker.db import session_scope
+    from worker.models import McpExecution
+
+    total = 0
+    with session_scope() as session:
+        for chunk in _chunks(ids):
+            total += session.scalar(
+                sa.select(sa.func.count()).where(
+                    McpExecution.task_id.in_(chunk), McpExecution.status == "success"
+                )
+            )
+    return total
+
+
+def execute_tool(env: BenchEnv, mode: str, n: int) -> Drained:
+    """Enqueue N `mcp.execute_tool` calls of `echo`; done when N rows say success."""
+    warm(env, EXECUTE_TOOL, _tool_kwargs(mode, 4 * env.concurrency))
+    _control(env, "cancel")
+    ids = _send(EXECUTE_TOOL, _tool_kwargs(mode, n))
+    started = time.time()
+    _control(env, "add")
+    metas = _wait_done(env, ids)
+    finished = max(datetime.fromisoformat(m["date_done"]).timestamp() for m in metas)
+    rows = _count_success(ids)
+    if rows != n:
+        raise RuntimeError(f"{n} tasks succeeded but {rows} rows say success")
+    return Drained(n, finished - started)
+
+
+# ---------------------------------------------------------------------- case 4: a client per call
+
+
+def naive(env: BenchEnv, mode: str, n: int) -> Drained:
+    def kwargs(count: int) -> list[dict[str, Any]]:
+        return [{"mode": mode, "target": env.target(mode), "message": f"naive {i}"} for i in range(count)]
+
+    warm(env, "bench.naive_call", kwargs(env.concurrency))
+    return drain(env, "bench.naive_call", kwargs(n))
+
+
+# ---------------------------------------------------------------------- case 5: latency
+
+
+def latency(env: BenchEnv, mode: str, n: int, warmup: int = 5) -> list[float]:
+    """Enqueue -> the row's `finished_at`, one call at a time on an idle worker (milliseconds)."""
+    from worker.db import session_scope
+    from worker.models import McpExecution
+
+    app = _app()
+    samples = []
+    for i, kwargs in enumerate(_tool_kwargs(mode, warmup + n)):
+        sent = time.time()
+        result = app.send_task(EXECUTE_TOOL, kwargs=kwargs, queue=QUEUE)
+        # The Redis result backend wakes get() by pub/sub: no polling load on the cores.
+        summary = result.get(timeout=60)
+        if summary["status"] != "success":
+            raise RuntimeError(f"latency call failed: {summary}")
+        with session_scope() as session:
+            finished = session.scalar(
+                sa.select(McpExecution.finished_at).where(McpExecution.task_id == result.id)
+            )
+        if i >= warmup:
+            samples.append((finished.timestamp() - sent) * 1000)
+    return samples
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
+
+
+# ---------------------------------------------------------------------- case 6: memory
+
+
+@dataclass(frozen=True)
+class Memory:
+    rss_one_kib: int
+    rss_all_kib: int
+    sessions: int
+    sockets: int
+
+    @property
+    def per_session_kib(self) -> float:
+        return (self.rss_all_kib - self.rss_one_kib) / (self.sessions - 1)
+
+
+def memory(env: BenchEnv, users: int) -> Memory:
+    """RSS of the only pool process of a `-c 1` worker holding one, then `users`, pooled sessions
+    (one per credential) against the one HTTP demo server."""
+    worker = env.start_worker("bench-memory", 1)
+    env.worker_name = worker.name
+    try:
+        kids = wait_until(lambda: children(worker.pid), 30, "the pool process")
+        child = kids[0]
+
+        def call(user_ids: list[str]) -> None:
+            kwargs = [
+                {"user_id": u, "service": "memory", "tool": "echo", "arguments": {"message": "m"}}
+                for u in user_ids
+            ]
+            _wait_done(env, _send(EXECUTE_TOOL, kwargs), timeout=300)
+
+        names = [f"mem-{i:03d}" for i in range(users)]
+        call(names[:1])
+        one = rss_kib(child)
+        call(names[1:])
+        return Memory(rss_one_kib=one, rss_all_kib=rss_kib(child), sessions=users, sockets=socket_count(child))
+    finally:
+        env.stop(worker)
