@@ -105,7 +105,12 @@ def test_a_flood_on_its_own_queue_does_not_delay_other_users(
     for task_id in flood_ids:
         setup.worker.app.send_task(
             "mcp.execute_tool",
-            kwargs={"user_id": setup.flooder, "service": "slow", "tool": "record", "arguments": {"tag": task_id, "seconds": 0.5}},
+            kwargs={
+                "user_id": setup.flooder,
+                "service": "slow",
+                "tool": "record",
+                "arguments": {"tag": task_id, "seconds": 0.5},
+            },
             task_id=task_id,
             queue=BULK_QUEUE,
         )
@@ -124,13 +129,9 @@ def test_a_flood_on_its_own_queue_does_not_delay_other_users(
     # the calls already taken finish, and account for every one of the 1,000.
     with redis_server.client().pipeline(transaction=True) as pipe:
         purged = pipe.llen(BULK_QUEUE).delete(BULK_QUEUE).execute()[0]
-    taken = [t for t in flood_ids if t not in set(_queued_ids(purged, flood_ids))]
+    # The queue is first in, first out and the flood was sent in order: the purged calls are the last.
+    taken = flood_ids[: FLOOD - purged]
     final = wait_final(engine, taken, 120, setup.worker.tail)
     assert by_status(final) == {"success": len(taken)}, by_status(final)
     assert len(rows(engine, flood_ids)) == len(taken) == FLOOD - purged
     assert setup.server.max_in_flight() <= LIMIT
-
-
-def _queued_ids(purged: int, flood_ids: list[str]) -> list[str]:
-    # The queue is FIFO and the flood was sent in order: the purged calls are the last ones.
-    return flood_ids[len(flood_ids) - purged :]
