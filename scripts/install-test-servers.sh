@@ -29,11 +29,9 @@ if (( major < 18 )); then
 fi
 
 mkdir -p "$prefix"
-if [[ ! -f "$prefix/package.json" ]]; then
-    echo '{"name": "mcp-worker-test-servers", "private": true}' > "$prefix/package.json"
-fi
-npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error \
-    "@modelcontextprotocol/server-everything@$EVERYTHING_VERSION"
+# The lock file pins every transitive dependency, so a new machine installs what was tested.
+cp "$root/scripts/test-servers/package.json" "$root/scripts/test-servers/package-lock.json" "$prefix/"
+npm ci --prefix "$prefix" --no-audit --no-fund --loglevel=error
 
 bin="$prefix/node_modules/.bin/mcp-server-everything"
 test -x "$bin" || { echo "error: $bin was not installed" >&2; exit 1; }
