@@ -82,6 +82,15 @@ class Proc:
             self.popen.wait(timeout=10)
 
 
+def _die_with_parent() -> None:
+    # Linux: the child is SIGKILLed when the test process dies, so a killed or crashed test run
+    # leaves no worker behind to steal the next run's tasks.
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -93,6 +102,7 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> 
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     return Proc(name=name, popen=popen, log_path=log_path, _log=log)
 
@@ -210,3 +220,28 @@ def start_worker(
         raise
     proc.name = hostname
     return proc
+
+
+def start_flower(log_dir: Path, env: Mapping[str, str], auth: str) -> tuple[Proc, str]:
+    """Flower on a free loopback port with basic auth `user:password`; returns it and its base URL."""
+    import httpx2
+
+    port = free_port()
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"]
+    proc = spawn(f"flower-{port}", argv, {**env, "FLOWER_BASIC_AUTH": auth}, log_dir)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"flower exited early:\n{proc.log()[-4000:]}")
+        try:
+            return httpx2.get(f"{base}/healthcheck", timeout=1.0).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    try:
+        wait_until(ready, START_TIMEOUT_S, f"flower on port {port}", interval=0.2)
+    except AssertionError:
+        proc.kill_group()
+        raise
+    return proc, base

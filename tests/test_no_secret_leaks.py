@@ -15,13 +15,14 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from processes import free_port, start_demo_server, start_worker, wait_until
+from processes import free_port, start_demo_server, start_flower, start_worker, wait_until
 from testenv import LOG_DIR, OPENAI_TEST_KEY, RUN_ID, extra_redis_url
 
 from worker import executions
@@ -31,6 +32,7 @@ from worker.models import Base
 from worker.registry import save_service
 
 CANARY = "sk-live-CANARY-7f3a9c2e1b5d"
+FLOWER_AUTH = "ops:flower-password-for-the-leak-test"
 SECRETS = (CANARY, OPENAI_TEST_KEY)
 USER = f"leaky-{uuid.uuid4().hex[:6]}"
 TIMEOUT_S = 120.0
@@ -69,23 +71,26 @@ def leak_env(openai_fake: Any, clean_db: None, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CELERY_BROKER_URL", url)
     monkeypatch.setenv("CELERY_RESULT_BACKEND", url)
     env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "LOG_LEVEL": "DEBUG"}
-    demo, demo_url = start_demo_server("streamable-http", LOG_DIR, token=CANARY)
     app = Celery("producer", broker=url, backend=url)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
-    with Monitor(url) as monitor:
+    with ExitStack() as stack:
+        # Every process is stopped whatever fails, including a later start.
+        demo, demo_url = start_demo_server("streamable-http", LOG_DIR, token=CANARY)
+        stack.callback(demo.stop)
+        monitor = stack.enter_context(Monitor(url))
         worker = start_worker(f"leaks-{RUN_ID}", LOG_DIR, env, loglevel="DEBUG")
-        try:
-            yield {
-                "app": app,
-                "url": url,
-                "demo_url": demo_url,
-                "worker": worker,
-                "monitor": monitor,
-                "env": env,
-            }
-        finally:
-            worker.stop()
-            demo.stop()
+        stack.callback(worker.stop)
+        flower, flower_url = start_flower(LOG_DIR, env, FLOWER_AUTH)
+        stack.callback(flower.stop)
+        yield {
+            "app": app,
+            "url": url,
+            "demo_url": demo_url,
+            "worker": worker,
+            "monitor": monitor,
+            "env": env,
+            "flower": flower_url,
+        }
 
 
 def final(task_id: str) -> dict[str, Any]:
@@ -197,6 +202,14 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
     ]
     for out in outputs:
         assert_clean(f"CLI output {out.args}", out.stdout + out.stderr)
+
+    # Flower's task list (names, arguments, results, tracebacks of every task it saw).
+    import httpx2
+
+    user, password = FLOWER_AUTH.split(":")
+    listed = httpx2.get(f"{leak_env['flower']}/api/tasks", auth=(user, password), timeout=30)
+    assert listed.status_code == 200 and len(listed.json()) >= len(task_ids)
+    assert_clean("Flower's /api/tasks", listed.text)
 
     # Results, tracebacks and anything else left in the run's Redis database.
     client = redis.Redis.from_url(leak_env["url"])

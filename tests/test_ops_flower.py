@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
-from processes import Proc, free_port, spawn, start_demo_server, wait_until
+from processes import Proc, start_demo_server, start_flower, wait_until
 from testenv import LOG_DIR, RUN_ID
 
 from worker import executions
@@ -31,32 +30,9 @@ HTTP_TIMEOUT = httpx2.Timeout(10.0)
 
 @pytest.fixture(scope="module")
 def flower(worker_proc: Proc) -> Iterator[str]:
-    """Flower on a free loopback port with basic auth; yields its base URL."""
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "flower",
-        f"--port={port}",
-        "--address=127.0.0.1",
-        f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}",
-    ]
-    proc = spawn(f"flower-{port}", argv, os.environ, LOG_DIR)
-    base = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if not proc.alive():
-            raise AssertionError(f"flower exited early:\n{proc.log()[-4000:]}")
-        try:
-            return httpx2.get(f"{base}/healthcheck", timeout=1.0).status_code == 200
-        except httpx2.TransportError:
-            return False
-
+    """Flower on a free loopback port with basic auth (from the environment, as in compose)."""
+    proc, base = start_flower(LOG_DIR, os.environ, f"{FLOWER_USER}:{FLOWER_PASSWORD}")
     try:
-        wait_until(ready, START_TIMEOUT_S, f"flower on port {port}", interval=0.2)
         yield base
     finally:
         proc.stop()

@@ -62,9 +62,13 @@ class ServiceNotFound(PermanentError):
     """Neither the user nor `global` has a service of that name."""
 
     def __init__(self, user_id: str, desc: str) -> None:
-        super().__init__(f"no MCP service {desc!r} for user {user_id!r} (nor a global one)")
+        # args stay (user_id, desc) so Celery (and pickle) can rebuild the exception by its class.
+        super().__init__(user_id, desc)
         self.user_id = user_id
         self.desc = desc
+
+    def __str__(self) -> str:
+        return f"no MCP service {self.desc!r} for user {self.user_id!r} (nor a global one)"
 
 
 class InvalidService(PermanentError):
