@@ -189,3 +189,22 @@ def test_public_dict_masks_secrets() -> None:
     text = json.dumps(config.public_dict())
     assert "super-secret-value" not in text and "1234" in text
     assert "super-secret" not in repr(config)
+
+
+def test_allowed_hosts_keep_http_services_off_other_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCP_ALLOWED_HOSTS", "mcp.example.com, 127.0.0.1")
+    reset_settings()
+    try:
+        record = {"user_id": "u", "desc": "d", "interaction_mode": "http", "api_key": "k"}
+        assert validate_record({**record, "url": "https://mcp.example.com/mcp"}).url
+        assert validate_record({**record, "url": "http://127.0.0.1:8000/mcp"}).url
+        for url in (
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.5/mcp",
+            "http://localhost:5432/",
+        ):
+            with pytest.raises(InvalidService, match="not in MCP_ALLOWED_HOSTS"):
+                validate_record({**record, "url": url})
+    finally:
+        monkeypatch.undo()
+        reset_settings()
