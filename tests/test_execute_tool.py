@@ -20,6 +20,7 @@ from worker import executions
 from worker.client import submit_tool
 from worker.db import session_scope
 from worker.errors import InvalidArguments
+from worker.models import McpService
 from worker.registry import save_service
 
 STDIO_COMMAND = f"{shlex.quote(sys.executable)} -m worker.demo_server --transport stdio --test-tools"
@@ -177,7 +178,21 @@ def test_permanent_failures_end_in_an_error_row_at_once(
 
 
 def test_a_disallowed_stdio_command_is_refused(services: str) -> None:
-    add_service(services, "evil", "stdio", "/bin/sh -c 'echo pwned'", "k")
+    from worker.errors import CommandNotAllowed
+
+    with pytest.raises(CommandNotAllowed, match="MCP_STDIO_ALLOWED_COMMANDS"):
+        add_service(services, "evil", "stdio", "/bin/sh -c 'echo pwned'", "k")
+    # A row written around the CLI (plain SQL) is still refused when called.
+    with session_scope() as session:
+        session.add(
+            McpService(
+                user_id=services,
+                desc="evil",
+                interaction_mode="stdio",
+                api_key="k",
+                url="/bin/sh -c 'echo pwned'",
+            )
+        )
     row = final_row(submit_tool(services, "evil", "echo", {"message": "x"}).id)
     assert row["status"] == "error" and row["attempts"] == 1
     assert (

@@ -372,13 +372,21 @@ def list_services(session: Session | None, user_id: str | None = None) -> list[S
     return [c for c in configs if c.user_id == user_id or (c.user_id == GLOBAL_USER and c.desc not in own)]
 
 
-def save_service(session: Session, record: Mapping[str, Any]) -> ServiceConfig:
+def save_service(session: Session, record: Mapping[str, Any], *, check_command: bool = True) -> ServiceConfig:
     """Validate and insert or update (by user and desc) one service row.
+
+    A stdio service must name (or default to) a command the operator allowed; `check_command=False`
+    skips that for documentation rows such as the seed's samples (the call still refuses it).
 
     Raises:
         InvalidService: the record does not validate; nothing is written.
+        CommandNotAllowed: a stdio command outside MCP_STDIO_ALLOWED_COMMANDS; nothing is written.
     """
     config = validate_record(record)
+    if config.mode == "stdio" and check_command:
+        from worker.mcp.transports import stdio_command
+
+        stdio_command(config, get_settings())
     row = session.scalars(
         sa.select(McpService).where(McpService.user_id == config.user_id, McpService.desc == config.desc)
     ).one_or_none()

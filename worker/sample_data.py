@@ -91,7 +91,7 @@ def load_sample_data(session: Session, overrides: dict[str, dict[str, Any]] | No
             )
         )
         if exists is None:
-            save_service(session, record)
+            save_service(session, record, check_command=False)
             services_added += 1
     for template in SAMPLE_TEMPLATES:
         exists = session.scalar(sa.select(McpTemplate.id).where(McpTemplate.name == template["name"]))
