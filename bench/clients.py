@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import shlex
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
 
 TOOL = "echo"
 
 
-def client_for(mode: str, target: str) -> Client:
-    """A `Client` in its default mode for a stdio command line or an HTTP URL."""
+def client_for(mode: str, target: str, errlog: TextIO = sys.stderr) -> Client:
+    """A `Client` in its default mode for a stdio command line (its stderr to `errlog`) or an HTTP URL."""
     if mode == "stdio":
         argv = shlex.split(target)
-        return Client(StdioServerParameters(command=argv[0], args=argv[1:]))
+        params = StdioServerParameters(command=argv[0], args=argv[1:])
+        if errlog is sys.stderr:
+            return Client(params)
+        return Client(stdio_client(params, errlog=errlog))
     if mode == "sse":
         return Client(sse_client(target))
     return Client(target)

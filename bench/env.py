@@ -56,7 +56,8 @@ class BenchEnv:
         self._given_redis = redis_url
         self.redis_url = ""
         self.procs: list[Proc] = []
-        self.worker: Proc | None = None
+        self.redis_proc: Proc | None = None
+        self.demo_servers: list[Proc] = []
         self.worker_name = ""
         self.http_url = ""
         self.sse_url = ""
@@ -97,6 +98,7 @@ class BenchEnv:
             argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             proc = spawn("redis", argv, os.environ, self.log_dir)
             self.procs.append(proc)
+            self.redis_proc = proc
             wait_until(lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, "redis-server")
             if not proc.alive():
                 raise RuntimeError(f"redis-server exited:\n{proc.log_tail()}")
@@ -142,6 +144,7 @@ class BenchEnv:
         argv = [sys.executable, "-m", "worker.demo_server", "--transport", transport, "--port", str(port)]
         proc = spawn(f"demo-{transport}", argv, os.environ, self.log_dir)
         self.procs.append(proc)
+        self.demo_servers.append(proc)
         wait_until(lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server ({transport})")
         if not proc.alive():
             raise RuntimeError(f"demo server exited:\n{proc.log_tail()}")
@@ -156,11 +159,15 @@ class BenchEnv:
 
         with session_scope() as session:
             save_service(session, record(USER, "stdio", "stdio", STDIO_COMMAND, "bench-key-stdio"))
-            save_service(session, record(USER, "streamable_http", "streamable_http", self.http_url, "bench-key-http"))
+            save_service(
+                session, record(USER, "streamable_http", "streamable_http", self.http_url, "bench-key-http")
+            )
             save_service(session, record(USER, "sse", "sse", self.sse_url, "bench-key-sse"))
             for i in range(MEMORY_USERS):
                 user = f"mem-{i:03d}"
-                save_service(session, record(user, "memory", "streamable_http", self.http_url, f"mem-key-{i:03d}"))
+                save_service(
+                    session, record(user, "memory", "streamable_http", self.http_url, f"mem-key-{i:03d}")
+                )
 
     def target(self, mode: str) -> str:
         """What a per-call client connects to for `mode`."""
@@ -170,7 +177,8 @@ class BenchEnv:
 
     def start_worker(self, name: str, concurrency: int) -> Proc:
         """`celery -A worker worker` as production runs it (prefork, -Q mcp.tools, INFO logs, events
-        on as Flower turns them on), plus `-I bench.tasks`; waits until it answers a ping."""
+        on as Flower turns them on), plus `-I bench.tasks`; waits until it answers a ping. It is
+        the worker the cases talk to from then on."""
         hostname = f"{name}-{self.run_id}@{socket.gethostname()}"
         argv = [
             sys.executable, "-m", "celery", "-A", "worker", "worker",
@@ -186,7 +194,7 @@ class BenchEnv:
             return hostname in self.ping(hostname)
 
         wait_until(answered, START_TIMEOUT_S, f"worker {hostname}", interval=0.2)
-        proc.name = hostname
+        proc.name = self.worker_name = hostname
         return proc
 
     def ping(self, hostname: str) -> set[str]:

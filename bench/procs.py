@@ -6,6 +6,7 @@ worker's pool children included).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -69,14 +70,11 @@ class Proc:
         try:
             if self.popen.poll() is None:
                 self.popen.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.popen.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
+            # Whatever the group still holds (stdio servers under pool processes).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             if self.popen.poll() is None:
                 self.popen.wait(timeout=10)
         finally:
@@ -134,3 +132,36 @@ def socket_count(pid: int) -> int:
         except OSError:
             continue
     return count
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(own CPU, CPU of its reaped children) of `pid` in seconds; (0, 0) once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0, 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    own = (int(fields[11]) + int(fields[12])) / _TICK
+    reaped = (int(fields[13]) + int(fields[14])) / _TICK
+    return own, reaped
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def postgres_backends(database: str) -> list[int]:
+    """Server processes serving connections to `database` on this host (by process title)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            title = cmdline(int(entry.name))
+            if title.startswith("postgres: ") and f" {database} " in title:
+                found.append(int(entry.name))
+    return found

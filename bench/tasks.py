@@ -3,15 +3,31 @@
 `bench.noop` is the ceiling: the same broker, queue and worker settings as `mcp.execute_tool`
 with nothing inside. `bench.naive_call` is what a worker built on the usual per-call client does:
 a new `mcp.Client` (a new stdio child, or a new HTTP client and session) for every call, inside
-`asyncio.run`. Neither writes an audit row, which flatters them against `mcp.execute_tool`.
+`asyncio.run`; it writes no audit row, which flatters it against `mcp.execute_tool`.
+
+Two diagnostics split `mcp.execute_tool` into its halves, to show what bounds it:
+`bench.pooled_call` is only the MCP call through the worker's session pool (the service resolved
+once per process, no row), and `bench.rows_only` is `mcp.execute_tool`'s own code with the MCP
+call replaced by an answer made in process (the claim, the service lookup and the success row).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Task
 
 from bench.clients import TOOL, client_for, result_text
+from worker import mcp
 from worker.celery import app
+from worker.execute import run_tool_call
+from worker.mcp import ToolOutcome
+from worker.registry import ServiceConfig, resolve
+
+_configs: dict[tuple[str, str], ServiceConfig] = {}
 
 
 @app.task(name="bench.noop", queue="mcp.tools", acks_late=True)
@@ -31,3 +47,43 @@ def naive_call(mode: str, target: str, message: str) -> str:
         return result_text(result)
 
     return asyncio.run(once())
+
+
+@app.task(name="bench.pooled_call", queue="mcp.tools", acks_late=True)
+def pooled_call(user_id: str, service: str, message: str) -> Any:
+    """`echo` through the worker's pooled session, without any database work."""
+    key = (user_id, service)
+    config = _configs.get(key) or _configs.setdefault(key, resolve(user_id, service))
+    outcome = mcp.call_tool(config, TOOL, {"message": message})
+    if outcome.is_error:
+        raise RuntimeError(f"echo failed: {outcome.message}")
+    return outcome.result
+
+
+@contextmanager
+def _answered_in_process() -> Iterator[None]:
+    real = mcp.call_tool
+
+    def answer(config: ServiceConfig, tool: str, arguments: dict[str, Any], **_: Any) -> ToolOutcome:
+        return ToolOutcome(result=[str(arguments.get("message"))], is_error=False, message=None)
+
+    mcp.call_tool = answer
+    try:
+        yield
+    finally:
+        mcp.call_tool = real
+
+
+@app.task(name="bench.rows_only", bind=True, queue="mcp.tools", acks_late=True)
+def rows_only(self: Task, user_id: str, service: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """`mcp.execute_tool`'s code path with the MCP call answered in process."""
+    with _answered_in_process():
+        outcome = run_tool_call(
+            task_id=self.request.id,
+            user_id=user_id,
+            service=service,
+            tool=tool,
+            arguments=arguments,
+            final_attempt=True,
+        )
+    return outcome.summary()

@@ -1,9 +1,10 @@
 """Running one audited tool call: the logic behind `mcp.execute_tool`, testable without Celery.
 
-Order of work, each database step its own short transaction so no connection is held while the
-MCP server thinks: claim the row (or find it already succeeded), resolve the service, call the
-tool, record the outcome. Errors are recorded and re-raised for the task to map onto retry (a
-`TransientError` that has retries left) or failure.
+Order of work, no connection or transaction held while the MCP server thinks: claim the row (or
+find it already succeeded) and resolve the service, two statements on one pooled connection; call
+the tool; record the outcome, one statement. The hot path's steps run in autocommit: each is a
+single write, so a BEGIN and a COMMIT would only add round trips. Errors are recorded and
+re-raised for the task to map onto retry (a `TransientError` that has retries left) or failure.
 """
 
 from __future__ import annotations
@@ -141,22 +142,24 @@ def run_tool_call(
     owner = hashlib.sha256(
         f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{task_id}".encode()
     ).hexdigest()[:32]
+    claimed_params = redact_params(args)
     while True:
         # One connection and no transaction for the claim and the service lookup: two round trips.
-        with executions.autocommit_session() as session:
+        with executions.autocommit_connection() as connection:
             begun = executions.begin(
-                session,
+                connection,
                 task_id=task_id,
                 user_id=user,
                 service=desc,
                 tool=name,
-                params=redact_params(args),
+                params=claimed_params,
                 owner=owner,
                 lease_seconds=settings.task_soft_time_limit,
             )
             if begun.claimed:
                 started = time.perf_counter()
-                resolved = _resolve(user, desc, session, begun)
+                with Session(bind=connection) as session:
+                    resolved = _resolve(user, desc, session, begun)
         if begun.already_succeeded:
             logger.info("execution %s already succeeded; returning the stored result", begun.id)
             return CallResult(
@@ -234,8 +237,14 @@ def run_tool_call(
         logger.exception("execution %s failed unexpectedly", begun.id)
         raise
     elapsed = _elapsed_ms(started)
-    with executions.autocommit_session() as session:
+    with executions.autocommit_connection() as connection:
         executions.succeed(
-            session, task_id, result=result, elapsed_ms=elapsed, params=stored_params, encoded=encoded
+            connection,
+            task_id,
+            result=result,
+            elapsed_ms=elapsed,
+            # A row this attempt created already holds these params when no service default was merged.
+            params=None if begun.attempts == 1 and stored_params == claimed_params else stored_params,
+            encoded=encoded,
         )
     return CallResult(begun.id, task_id, "success", result, elapsed, begun.attempts, encoded=encoded)

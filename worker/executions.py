@@ -11,10 +11,10 @@ task whose row already says `success` gets the stored row back so the caller can
 without calling the server again.
 
 Claiming is one statement, an INSERT whose ON CONFLICT update is conditional, that also takes a
-lease (`lease_owner`, `lease_expires_at`): a second copy of a task that is still running (Redis redelivers a task that outlives the
-visibility timeout) finds the row `running` under a live lease and does not claim it; the caller
-waits for the holder's outcome, and takes over only when the lease has run out, which means the
-holder died (a SIGKILLed worker).
+lease (`lease_owner`, `lease_expires_at`): a second copy of a task that is still running (Redis
+redelivers a task that outlives the visibility timeout) finds the row `running` under a live lease
+and does not claim it; the caller waits for the holder's outcome, and takes over only when the
+lease has run out, which means the holder died (a SIGKILLed worker).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from worker.db import get_engine
@@ -68,23 +69,21 @@ def _now() -> datetime:
 
 
 @contextmanager
-def autocommit_session() -> Iterator[Session]:
-    """A session on a pooled connection in autocommit mode, for the hot path's steps: each of
-    them is one write (plus reads that need no snapshot), so a BEGIN and a COMMIT would only add
-    two round trips. Nothing is left open: each statement commits as it runs."""
+def autocommit_connection() -> Iterator[Connection]:
+    """A pooled connection in autocommit mode, for the hot path's steps: each of them is one
+    write (plus reads that need no snapshot), so a BEGIN and a COMMIT would only add two round
+    trips. Nothing is left open: each statement commits as it runs."""
     with get_engine().connect() as connection:
         raw = connection.connection.dbapi_connection
         if connection.dialect.driver != "psycopg2" or raw is None:
             connection.execution_options(isolation_level="AUTOCOMMIT")
-            with Session(bind=connection) as session:
-                yield session
+            yield connection
             return
         # psycopg2's own switch costs nothing; `isolation_level="AUTOCOMMIT"` would also reset the
         # isolation level on release, which psycopg2 turns into two more round trips per checkout.
         raw.autocommit = True
         try:
-            with Session(bind=connection) as session:
-                yield session
+            yield connection
         finally:
             if not raw.closed:
                 raw.autocommit = False
@@ -157,8 +156,12 @@ _FIND = sa.select(
 ).where(_table.c.task_id == sa.bindparam("b_task_id"))
 
 
+def _dialect(db: Session | Connection) -> str:
+    return db.dialect.name if isinstance(db, Connection) else db.get_bind().dialect.name
+
+
 def begin(
-    session: Session,
+    session: Session | Connection,
     *,
     task_id: str,
     user_id: str,
@@ -177,7 +180,7 @@ def begin(
     now = _now()
     expires = now + timedelta(seconds=lease_seconds)
     claimed = session.execute(
-        _claim_statement(session.get_bind().dialect.name),
+        _claim_statement(_dialect(session)),
         {
             "b_task_id": task_id,
             "b_user_id": user_id,
@@ -240,7 +243,7 @@ _SUCCEED = {True: _succeed_statement(True), False: _succeed_statement(False)}
 
 
 def succeed(
-    session: Session,
+    session: Session | Connection,
     task_id: str,
     *,
     result: Any,

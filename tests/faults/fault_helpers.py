@@ -45,7 +45,21 @@ GARBAGE_STDIO = f"{shlex.quote(PYTHON)} {shlex.quote(str(FAKE_SERVERS))} garbage
 # environment, which is how cleanup finds the ones a SIGKILLed worker left behind.
 ENDPOINT_MARK = f"https://faults-{RUN_ID}.example"
 FINAL = ("success", "error")
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _pg_bin() -> Path:
+    """Where initdb and pg_ctl live: $PG_BIN, Debian's newest /usr/lib/postgresql/N/bin, or PATH."""
+    if os.environ.get("PG_BIN"):
+        return Path(os.environ["PG_BIN"])
+    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
+    debian = sorted(versions, key=lambda p: int(p.parent.name))
+    if debian:
+        return debian[-1]
+    found = shutil.which("pg_ctl")
+    return Path(found).parent if found else Path("/usr/bin")
+
+
+PG_BIN = _pg_bin()
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 
@@ -149,7 +163,8 @@ class RedisServer:
         def ready() -> bool:
             assert self.proc is not None and self.proc.alive(), f"redis-server exited:\n{self.proc.log()}"
             try:
-                return bool(self.client().ping())
+                with self.client() as client:
+                    return bool(client.ping())
             except redis.RedisError:
                 return False
 
@@ -159,9 +174,8 @@ class RedisServer:
     def describe(self) -> str:
         """Queue lengths and unacked messages (for failure messages)."""
         try:
-            client = self.client()
-            queues = {q: client.llen(q) for q in ("mcp.tools",)}
-            return f"redis {self.port}: queues {queues}, unacked {client.hlen('unacked')}"
+            with self.client() as client:
+                return f"redis {self.port}: mcp.tools {client.llen('mcp.tools')}, unacked {client.hlen('unacked')}"
         except redis.RedisError as exc:
             return f"redis {self.port}: {exc}"
 
@@ -175,9 +189,10 @@ class RedisServer:
 
 
 def _as_postgres(argv: list[str], timeout: float = 60) -> None:
-    done = subprocess.run(
-        ["runuser", "-u", "postgres", "--", *argv], timeout=timeout, capture_output=True, text=True
-    )
+    """Run a Postgres binary as the `postgres` user when we are root (initdb refuses root)."""
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", "postgres", "--", *argv]
+    done = subprocess.run(argv, timeout=timeout, capture_output=True, text=True)
     if done.returncode != 0:
         raise AssertionError(f"{shlex.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
 
@@ -192,8 +207,9 @@ class PgCluster:
         procs.on_cleanup(lambda: shutil.rmtree(self.dir, ignore_errors=True))
         procs.on_cleanup(self.stop_immediately)
         self.data = self.dir / "data"
-        user = pwd.getpwnam("postgres")
-        os.chown(self.dir, user.pw_uid, user.pw_gid)
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
         _as_postgres(
             [str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"]
         )
@@ -214,12 +230,9 @@ class PgCluster:
     def stop(self, mode: str = "fast") -> None:
         self._pg_ctl("stop", "-m", mode)
 
-    def restart(self) -> None:
-        self._pg_ctl("restart", "-m", "fast")
-
     def stop_immediately(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            with contextlib.suppress(subprocess.CalledProcessError):
+            with contextlib.suppress(AssertionError):
                 self.stop("immediate")
 
     def log(self) -> str:
@@ -294,6 +307,7 @@ def start_worker(
     argv += ["-c", str(concurrency), "-P", pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
     proc = procs.spawn(hostname.split("@")[0], argv, env)
     app = celery_app(env["CELERY_BROKER_URL"])
+    procs.on_cleanup(app.close)
 
     def answered() -> bool:
         assert proc.alive(), f"worker {hostname} exited early:\n{proc.log()[-4000:]}"

@@ -42,7 +42,7 @@ BROKER_RESTART = {
 }
 SENDS = 150
 SEND_PAUSE_S = 0.03
-ROW_TIMEOUT_S = 120.0
+ROW_TIMEOUT_S = 60.0
 
 
 def test_redis_restarted_under_load_loses_no_sent_task(
@@ -54,41 +54,44 @@ def test_redis_restarted_under_load_loses_no_sent_task(
     user = unique("producer")
     add_service(engine, user, "counted", "streamable_http", server.url)
 
+    task_ids = [unique(f"s{i:03d}") for i in range(SENDS)]
+    # Every tenth call takes a second, so the restart can be timed to land in the middle of one.
+    slow = set(task_ids[::10])
     sent = Sent()
 
     def produce() -> None:
-        for i in range(SENDS):
-            task_id = unique(f"s{i:03d}")
+        for task_id in task_ids:
+            args = {"tag": task_id, "seconds": 1 if task_id in slow else 0.05}
             try:
-                submit_tool(
-                    user,
-                    "counted",
-                    "record",
-                    {"tag": task_id, "seconds": 0.05},
-                    task_id=task_id,
-                    app=worker.app,
-                )
+                submit_tool(user, "counted", "record", args, task_id=task_id, app=worker.app)
             except Exception as exc:  # a send that raised: counted, and the producer goes on
                 sent.failed.append((task_id, f"{type(exc).__name__}: {exc}"))
             else:
                 sent.ok.append(task_id)
             time.sleep(SEND_PAUSE_S)
 
+    def mid_call() -> bool:
+        if by_status(rows(engine, list(sent.ok)))["success"] < 20:
+            return False
+        started, ended = server.calls(), server.ended()
+        return any(started[t] > ended[t] for t in slow)
+
     producer = threading.Thread(target=produce, name="producer", daemon=True)
     producer.start()
     try:
-        wait_until(
-            lambda: by_status(rows(engine, list(sent.ok)))["success"] >= 20,
-            60,
-            "twenty tasks done before the restart",
-        )
+        wait_until(mid_call, 60, "twenty tasks done and a one-second call in progress", interval=0.02)
         broker.stop()
-        broker.start()
+        try:
+            # Down long enough for a send to give up (Celery retries a publish for about 0.6 s).
+            wait_until(lambda: sent.failed, 30, "a send to fail while Redis is down", interval=0.05)
+        finally:
+            broker.start()
     finally:
         producer.join(timeout=120)
     assert not producer.is_alive(), "the producer hung on a send"
     assert len(sent.ok) + len(sent.failed) == SENDS
-    assert len(sent.ok) > SENDS // 2, sent.failed[:5]
+    assert sent.failed and len(sent.ok) > SENDS // 2, sent.failed[:5]
+    assert all(error.startswith("OperationalError") for _, error in sent.failed), sent.failed[:5]
 
     final = wait_final(engine, sent.ok, ROW_TIMEOUT_S, lambda: f"{broker.describe()}\n{worker.tail()}")
     assert by_status(final) == {"success": len(sent.ok)}, by_status(final)

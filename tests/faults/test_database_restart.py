@@ -85,7 +85,7 @@ def test_postgres_restarted_under_load_every_task_ends_final(
     finally:
         pg.start()
 
-    final = wait_final(engine, task_ids, ROW_TIMEOUT_S, worker.tail)
+    final = wait_final(engine, task_ids, ROW_TIMEOUT_S, lambda: f"{worker.tail()}\n{pg.log()[-2000:]}")
     assert by_status(final) == {"success": TASKS}, by_status(final)
     assert set(row_counts(engine, task_ids).values()) == {1}
     assert "OperationalError" in worker.log()
@@ -105,8 +105,7 @@ def _lease_expires_at(engine: sa.Engine, task_id: str) -> datetime | None:
 def test_a_row_left_running_by_a_dead_worker_is_marked_error_once_its_lease_runs_out(
     procs: Procs, redis_server: RedisServer, cluster: tuple[PgCluster, sa.Engine]
 ) -> None:
-    _, engine = cluster
-    pg = cluster[0]
+    pg, engine = cluster
     server = start_counting_server(procs)
     worker = start_worker(procs, "db-stuck", worker_env(redis_server.url(), pg.url, **DB_RESTART))
     user = unique("stuck")

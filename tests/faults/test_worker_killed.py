@@ -44,6 +44,8 @@ CHILD_KILL = {
 # Longer than the test needs to see the call and kill its process; shorter than the call timeout.
 CALL_S = 6
 ROW_TIMEOUT_S = 120.0
+# The dead attempt's lease (the soft limit), the redelivered call, and room to spare.
+REDELIVERY_TIMEOUT_S = 60.0
 
 
 def test_a_pool_child_killed_mid_call_is_redelivered_into_the_same_row(
@@ -66,7 +68,7 @@ def test_a_pool_child_killed_mid_call_is_redelivered_into_the_same_row(
     os.kill(child, signal.SIGKILL)
     assert server.ended()[task_id] == 0, "the call ended before the kill"
 
-    row = wait_final(engine, [task_id], ROW_TIMEOUT_S, worker.tail)[task_id]
+    row = wait_final(engine, [task_id], REDELIVERY_TIMEOUT_S, worker.tail)[task_id]
     assert row["status"] == "success", f"{row}\n{worker.tail()}"
     assert row["attempts"] == 2, row
     assert row_counts(engine, [task_id])[task_id] == 1

@@ -240,14 +240,19 @@ class Pool:
             timeouts.call,
         )
         deadline = self.loop.time() + timeouts.connect + timeouts.call
-        limit = self.limits.setdefault(key, asyncio.Semaphore(settings.max_concurrency_per_service))
-        try:
-            await asyncio.wait_for(limit.acquire(), max(0.0, deadline - self.loop.time()))
-        except TimeoutError:
-            raise ServerTimeout(
-                f"{describe(config)}: {settings.max_concurrency_per_service} calls already running; "
-                "raise MCP_MAX_CONCURRENCY_PER_SERVICE or the timeouts"
-            ) from None
+        limit = self.limits.get(key)
+        if limit is None:
+            limit = self.limits[key] = asyncio.Semaphore(settings.max_concurrency_per_service)
+        if not limit.locked():
+            await limit.acquire()  # a free slot is taken at once: no task or timer for wait_for
+        else:
+            try:
+                await asyncio.wait_for(limit.acquire(), max(0.0, deadline - self.loop.time()))
+            except TimeoutError:
+                raise ServerTimeout(
+                    f"{describe(config)}: {settings.max_concurrency_per_service} calls already running; "
+                    "raise MCP_MAX_CONCURRENCY_PER_SERVICE or the timeouts"
+                ) from None
         try:
             for attempt in (1, 2):
                 session, fresh = await self._session(key, config, settings, timeouts, deadline)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import shlex
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -119,21 +121,28 @@ def stdio_command(config: ServiceConfig, settings: Settings) -> list[str]:
         InvalidService: no command at all, or a url that does not parse.
         CommandNotAllowed: the executable is not in MCP_STDIO_ALLOWED_COMMANDS.
     """
+    return list(
+        _stdio_argv(config.url, config.desc, settings.stdio_default_command, settings.stdio_allowed_commands)
+    )
+
+
+# Pure, and asked on every call (the pool key): split once per command line, not once per call.
+@functools.lru_cache(maxsize=1024)
+def _stdio_argv(
+    url: str | None, desc: str, default_command: tuple[str, ...], allowed: tuple[str, ...]
+) -> tuple[str, ...]:
     try:
-        argv = shlex.split(config.url) if config.url else list(settings.stdio_default_command)
+        argv = shlex.split(url) if url else list(default_command)
     except ValueError as exc:
-        raise InvalidService(f"stdio command line of {config.desc!r} does not parse: {exc}") from None
+        raise InvalidService(f"stdio command line of {desc!r} does not parse: {exc}") from None
     if not argv:
-        raise InvalidService(
-            f"service {config.desc!r} has no command; set its url or MCP_STDIO_DEFAULT_COMMAND"
-        )
+        raise InvalidService(f"service {desc!r} has no command; set its url or MCP_STDIO_DEFAULT_COMMAND")
     executable = argv[0]
-    allowed = settings.stdio_allowed_commands
     if executable not in allowed and os.path.basename(executable) not in allowed:
         raise CommandNotAllowed(
             f"stdio command {executable!r} is not allowed; add it to MCP_STDIO_ALLOWED_COMMANDS to run it"
         )
-    return argv
+    return tuple(argv)
 
 
 def stdio_environment(config: ServiceConfig) -> dict[str, str]:
@@ -210,6 +219,15 @@ async def stdio_transport(
         errlog.close()
 
 
+@functools.lru_cache(maxsize=2)
+def _tls_context(pid: int) -> ssl.SSLContext:
+    """httpx2's default TLS context (the system CA bundle, SSL_CERT_FILE/SSL_CERT_DIR honoured),
+    built once per process (`pid`) and shared by its HTTP sessions: each build loads the whole CA
+    bundle, ~30 ms and ~800 KiB that every session would otherwise repeat. It holds trust
+    settings only; credentials stay in each session's own client."""
+    return httpx2.create_ssl_context()
+
+
 def _client_factory(probe: Probe) -> Callable[..., httpx2.AsyncClient]:
     def factory(
         headers: dict[str, str] | None = None,
@@ -217,7 +235,11 @@ def _client_factory(probe: Probe) -> Callable[..., httpx2.AsyncClient]:
         auth: httpx2.Auth | None = None,
     ) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(
-            headers=headers, timeout=timeout, auth=auth, event_hooks={"response": [probe.on_response]}
+            headers=headers,
+            timeout=timeout,
+            auth=auth,
+            verify=_tls_context(os.getpid()),
+            event_hooks={"response": [probe.on_response]},
         )
 
     return factory
@@ -269,8 +291,16 @@ TRANSPORTS: dict[str, TransportFactory] = {
 def target_of(config: ServiceConfig, settings: Settings) -> str:
     """What a session connects to: the URL, or the command line and the endpoint it is given."""
     if config.mode == "stdio":
-        return shlex.join(stdio_command(config, settings)) + f" @ {config.endpoint or ''}"
+        argv = _stdio_argv(
+            config.url, config.desc, settings.stdio_default_command, settings.stdio_allowed_commands
+        )
+        return _stdio_target(argv, config.endpoint)
     return config.url or ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _stdio_target(argv: tuple[str, ...], endpoint: str | None) -> str:
+    return shlex.join(argv) + f" @ {endpoint or ''}"
 
 
 def open_client(config: ServiceConfig, settings: Settings, probe: Probe) -> Client:
