@@ -56,7 +56,9 @@ task_reject_on_worker_lost = True
 # One message at a time per process: calls can be slow, and a prefetched message would wait behind one.
 worker_prefetch_multiplier = 1
 worker_hijack_root_logger = False
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Keep running tasks when the broker connection drops: cancelling them would need the result
+# backend (often the same Redis, down too) and loses the message; late acks redeliver instead.
+worker_cancel_long_running_tasks_on_connection_loss = False
 task_track_started = True
 task_time_limit = _settings.task_time_limit
 task_soft_time_limit = _settings.task_soft_time_limit

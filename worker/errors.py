@@ -5,7 +5,8 @@
     ├── TransientError              worth retrying: the same call may succeed later
     │   ├── ServerUnavailable       connection refused/reset, DNS, a dead stdio child
     │   ├── ServerTimeout           connect or call took longer than its limit
-    │   └── ServerError             HTTP 5xx or an internal error reported by the server
+    │   ├── ServerError             HTTP 5xx or an internal error reported by the server
+    │   └── ExecutionHeld           another delivery holds the task's row longer than this one can wait
     └── PermanentError              retrying cannot help; the row says what to fix
         ├── ServiceNotFound         no service of that name for the user (nor a global one)
         ├── InvalidService          a service record that cannot be used as written
@@ -52,6 +53,19 @@ class ServerTimeout(TransientError):
 
 class ServerError(TransientError):
     """The MCP server answered with a 5xx or an internal error."""
+
+
+class ExecutionHeld(TransientError):
+    """Another delivery of the task holds its row longer than this delivery can wait."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        # args stay (message, retry_after) so Celery (and pickle) can rebuild it by its class.
+        super().__init__(message, retry_after)
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class PermanentError(WorkerError):

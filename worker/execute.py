@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from worker import executions, mcp
 from worker.db import session_scope
-from worker.errors import PermanentError, ToolFailed, TransientError, WorkerError
+from worker.errors import ExecutionHeld, PermanentError, ToolFailed, TransientError, WorkerError
 from worker.redaction import redact, redact_params, register_secrets
 from worker.registry import ServiceConfig, resolve
-from worker.settings import Settings, get_settings
+from worker.settings import CALL_MARGIN_S, Settings, get_settings
 from worker.validation import validate_tool_request
 
 logger = logging.getLogger(__name__)
@@ -75,17 +75,28 @@ def merge_arguments(config: ServiceConfig, arguments: dict[str, Any]) -> dict[st
     return {**config.tool_defaults, **arguments}
 
 
-def _wait_for_holder(task_id: str, begun: executions.Begun) -> CallResult | None:
+def _wait_for_holder(task_id: str, begun: executions.Begun, give_up_at: float) -> CallResult | None:
     """Another delivery of this task holds the row: wait for its outcome and return it, or
     return None once its lease has run out (the holder died) so the caller claims the row.
 
     Raises:
         PermanentError: the holder's attempt ended in a final error.
+        ExecutionHeld: the lease outlasts `give_up_at` (monotonic), after which this delivery
+            could no longer fit a call in its soft time limit.
     """
     logger.info(
         "execution %s is held by another delivery until %s; waiting for it", begun.id, begun.held_until
     )
+    held_until = begun.held_until
     while True:
+        lease_left = (held_until - datetime.now(UTC)).total_seconds() if held_until else 0.0
+        if time.monotonic() + lease_left > give_up_at:
+            # If the holder is dead, claiming at the end of its lease would leave this delivery no
+            # time for the call: come back then, with a fresh time limit.
+            raise ExecutionHeld(
+                f"execution {begun.id} is held by another delivery until {held_until}",
+                retry_after=max(lease_left, 0.0) + HOLDER_POLL_S,
+            )
         time.sleep(HOLDER_POLL_S)
         with session_scope() as session:
             status, result, error, attempts, held_until = executions.outcome(session, task_id)
@@ -134,6 +145,9 @@ def run_tool_call(
         TransientError: recorded as `retrying`, or `error` when `final_attempt`.
     """
     settings = settings or get_settings()
+    # The last moment this delivery may claim the row and still fit a call in its soft time limit.
+    budget = settings.task_soft_time_limit - settings.connect_timeout - settings.call_timeout - CALL_MARGIN_S
+    give_up_at = time.monotonic() + budget
     user, desc, name, args = validate_tool_request(
         user_id, service, tool, arguments, max_argument_bytes=settings.max_argument_bytes
     )
@@ -167,7 +181,7 @@ def run_tool_call(
             )
         if begun.claimed:
             break
-        held = _wait_for_holder(task_id, begun)
+        held = _wait_for_holder(task_id, begun, give_up_at)
         if held is not None:
             return held
 

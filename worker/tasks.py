@@ -9,12 +9,13 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 import worker.lifecycle
 import worker.logs  # noqa: F401  (connects the logging signals)
 from worker.celery import app
-from worker.errors import TransientError
+from worker.errors import ExecutionHeld, TransientError
 from worker.execute import run_tool_call
 from worker.settings import get_settings
 
@@ -53,14 +54,21 @@ def execute_tool(
     self: Task, user_id: str, service: str, tool: str, arguments: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Call `tool` on the user's `service`; the full result lives in `mcp_executions`."""
-    outcome = run_tool_call(
-        task_id=self.request.id,
-        user_id=user_id,
-        service=service,
-        tool=tool,
-        arguments=arguments,
-        final_attempt=_final_attempt(self),
-    )
+    try:
+        outcome = run_tool_call(
+            task_id=self.request.id,
+            user_id=user_id,
+            service=service,
+            tool=tool,
+            arguments=arguments,
+            final_attempt=_final_attempt(self),
+        )
+    except ExecutionHeld as exc:
+        # Another delivery's lease outlasts this one's time budget: run again when it runs out.
+        # Not a failed attempt, so it does not count against max_retries.
+        logger.info("%s; deferring this delivery by %.1f s", exc, exc.retry_after)
+        self.signature_from_request(countdown=exc.retry_after, retries=self.request.retries).apply_async()
+        raise Ignore() from None
     return outcome.summary()
 
 
