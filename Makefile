@@ -42,7 +42,8 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) ## run the benchmarks in bench/ and print the table
+bench: $(BIN)/python ## run the benchmarks in bench/ and print the table (needs Postgres and redis-server)
+	$(BIN)/pip install --quiet -e .
 	$(BIN)/python -m bench
 
 clean: ## remove the virtual environment and caches

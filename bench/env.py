@@ -70,6 +70,10 @@ class BenchEnv:
             self._start_redis()
             self._create_database()
             os.environ.update(self.environment())
+            # A services file or a host allowlist in the caller's shell would break the bench's
+            # services; other settings pass through (they are the operator's to benchmark).
+            for name in ("MCP_CONFIG_FILE", "MCP_ALLOWED_HOSTS"):
+                os.environ.pop(name, None)
             from worker import schema
             from worker.db import dispose_engine
             from worker.settings import reset_settings
@@ -122,7 +126,7 @@ class BenchEnv:
         """The production settings, pointed at the bench's own Redis, database and folder."""
         from cryptography.fernet import Fernet
 
-        env = {
+        return {
             "DATABASE_URL": self.db_url,
             "CELERY_BROKER_URL": self.redis_url,
             "CELERY_RESULT_BACKEND": self.redis_url,
@@ -135,9 +139,6 @@ class BenchEnv:
             # The worker imports bench.tasks (-I) from the checkout.
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
-        for name in ("MCP_CONFIG_FILE", "MCP_ALLOWED_HOSTS", "OPENAI_API_KEY"):
-            os.environ.pop(name, None)
-        return env
 
     def _start_demo(self, transport: str) -> str:
         port = free_port()

@@ -24,14 +24,19 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
 
 _lock = threading.Lock()
 _known: set[str] = set()
+_ordered: tuple[str, ...] = ()
 
 
 def register_secrets(secrets: Iterable[str]) -> None:
     """Remember secret values so `redact` (and the log filter) masks them from now on."""
+    global _ordered
     fresh = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_LEN}
     if fresh - _known:
         with _lock:
             _known.update(fresh)
+            # Longest first, so a secret that contains another is masked whole; sorted once here
+            # rather than on every redact() (every log line and every result string).
+            _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 
 def known_secrets() -> frozenset[str]:
@@ -40,7 +45,8 @@ def known_secrets() -> frozenset[str]:
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` with every known secret (and `secrets`) and any bearer token replaced by a mask."""
-    values = sorted(_known.union(s for s in secrets if s and len(s) >= MIN_SECRET_LEN), key=len, reverse=True)
+    extra = [s for s in secrets if s and len(s) >= MIN_SECRET_LEN and s not in _known]
+    values = sorted([*_ordered, *extra], key=len, reverse=True) if extra else _ordered
     for value in values:
         if value in text:
             text = text.replace(value, MASK)
