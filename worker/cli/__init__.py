@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"worker.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"worker.cli.{name}":
-                raise
-            continue  # a command group still being built; the rest of the CLI works
-        module.register(sub)
+        importlib.import_module(f"worker.cli.{name}").register(sub)
     return parser
 
 
