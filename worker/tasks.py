@@ -33,6 +33,16 @@ RETRY_BACKOFF_MAX_S = 120
 RETRY_ON = (TransientError, OperationalError, InterfaceError)
 
 
+# The options both MCP-calling tasks share: transient failures retry with backoff and jitter.
+RETRYING: dict[str, Any] = {
+    "autoretry_for": RETRY_ON,
+    "retry_backoff": RETRY_BACKOFF_S,
+    "retry_backoff_max": RETRY_BACKOFF_MAX_S,
+    "retry_jitter": True,
+    "max_retries": _settings.max_retries,
+}
+
+
 def _final_attempt(task: Task) -> bool:
     return int(task.request.retries or 0) >= int(task.max_retries or 0)
 
@@ -41,11 +51,7 @@ def _final_attempt(task: Task) -> bool:
     name="mcp.execute_tool",
     bind=True,
     queue="mcp.tools",
-    autoretry_for=RETRY_ON,
-    retry_backoff=RETRY_BACKOFF_S,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=_settings.max_retries,
+    **RETRYING,
     soft_time_limit=_settings.task_soft_time_limit,
     time_limit=_settings.task_time_limit,
     acks_late=True,
@@ -76,11 +82,7 @@ def execute_tool(
     name="mcp.generate_report",
     bind=True,
     queue="mcp.reports",
-    autoretry_for=RETRY_ON,
-    retry_backoff=RETRY_BACKOFF_S,
-    retry_backoff_max=RETRY_BACKOFF_MAX_S,
-    retry_jitter=True,
-    max_retries=_settings.max_retries,
+    **RETRYING,
     soft_time_limit=_settings.report_soft_time_limit,
     time_limit=_settings.report_time_limit,
     acks_late=True,
