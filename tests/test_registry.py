@@ -6,10 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from worker.errors import ConfigurationError, InvalidService, ServiceNotFound
-from worker.registry import list_services, load_config_file, resolve, save_service, validate_record
+from worker.models import McpService
+from worker.registry import (
+    list_services,
+    load_config_file,
+    remove_service,
+    resolve,
+    save_service,
+    validate_record,
+)
 from worker.sample_data import load_sample_data
 from worker.settings import Settings, reset_settings
 
@@ -205,6 +214,47 @@ def test_allowed_hosts_keep_http_services_off_other_addresses(monkeypatch: pytes
         ):
             with pytest.raises(InvalidService, match="not in MCP_ALLOWED_HOSTS"):
                 validate_record({**record, "url": url})
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+
+def _http_record(user: str, url: str, key: str) -> dict[str, str]:
+    return {"user_id": user, "desc": "cached", "interaction_mode": "http", "url": url, "api_key": key}
+
+
+def test_a_changed_or_removed_row_is_seen_at_once_despite_the_cache(db_session: Session) -> None:
+    save_service(db_session, _http_record("carol", "http://127.0.0.1:9001/mcp", "first-key-0001"))
+    assert resolve("carol", "cached", db_session).api_key == "first-key-0001"
+    assert resolve("carol", "cached", db_session).api_key == "first-key-0001"  # served from the cache
+
+    save_service(db_session, _http_record("carol", "http://127.0.0.1:9002/mcp", "rotated-key-0002"))
+    rotated = resolve("carol", "cached", db_session)
+    assert (rotated.url, rotated.api_key) == ("http://127.0.0.1:9002/mcp", "rotated-key-0002")
+
+    # A change made behind the registry's back (plain SQL) is seen too.
+    db_session.execute(
+        sa.update(McpService)
+        .where(McpService.user_id == "carol", McpService.desc == "cached")
+        .values(params={"project_id": 7})
+    )
+    assert resolve("carol", "cached", db_session).tool_defaults == {"project_id": 7}
+
+    assert remove_service(db_session, "carol", "cached")
+    with pytest.raises(ServiceNotFound):
+        resolve("carol", "cached", db_session)
+
+
+def test_a_cached_row_is_validated_again_under_new_settings(
+    db_session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_service(db_session, _http_record("dave", "http://10.0.0.5/mcp", "dave-key-0001"))
+    assert resolve("dave", "cached", db_session).url == "http://10.0.0.5/mcp"
+    monkeypatch.setenv("MCP_ALLOWED_HOSTS", "mcp.example.com")
+    reset_settings()
+    try:
+        with pytest.raises(InvalidService, match="not in MCP_ALLOWED_HOSTS"):
+            resolve("dave", "cached", db_session)
     finally:
         monkeypatch.undo()
         reset_settings()

@@ -62,6 +62,8 @@ def test_pool_options_from_the_environment() -> None:
         ({"DB_POOL_SIZE": "many"}, "DB_POOL_SIZE must be an integer"),
         ({"DEVELOPMENT_MODE": "perhaps"}, "DEVELOPMENT_MODE must be true or false"),
         ({"MCP_CALL_TIMEOUT": "-1"}, "MCP_CALL_TIMEOUT must be positive"),
+        ({"MCP_CALL_TIMEOUT": "0"}, "MCP_CALL_TIMEOUT must be positive"),
+        ({"DB_POOL_PING_IDLE_S": "-0.5"}, "DB_POOL_PING_IDLE_S must be zero or more"),
         ({"MCP_TASK_SOFT_TIME_LIMIT": "10", "MCP_CALL_TIMEOUT": "60"}, "must exceed"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ],
@@ -69,6 +71,11 @@ def test_pool_options_from_the_environment() -> None:
 def test_bad_values_are_clear_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env(env)
+
+
+def test_the_pool_ping_window_defaults_to_one_second_and_zero_means_always() -> None:
+    assert Settings.from_env({}).db_pool_ping_idle_s == 1.0
+    assert Settings.from_env({"DB_POOL_PING_IDLE_S": "0"}).db_pool_ping_idle_s == 0.0
 
 
 def test_openai_key_is_not_in_repr() -> None:

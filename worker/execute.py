@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from worker import executions, mcp
 from worker.db import session_scope
@@ -111,11 +111,13 @@ def _wait_for_holder(task_id: str, begun: executions.Begun, give_up_at: float) -
             return None
 
 
-def _resolve(user: str, desc: str, session: Session, begun: executions.Begun) -> ServiceConfig | Exception:
+def _resolve(
+    user: str, desc: str, connection: Connection, begun: executions.Begun
+) -> ServiceConfig | Exception:
     """The service, or the error resolving it, for `run_tool_call` to record and raise with the
     rest of the call's failures (a database outage is raised at once: nothing can be recorded)."""
     try:
-        return resolve(user, desc, session)
+        return resolve(user, desc, connection)
     except DBAPIError:
         logger.warning("execution %s could not reach the database; the task will retry", begun.id)
         raise
@@ -157,23 +159,23 @@ def run_tool_call(
         f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{task_id}".encode()
     ).hexdigest()[:32]
     claimed_params = redact_params(args)
+
+    def claim(connection: Connection) -> tuple[executions.Begun, ServiceConfig | Exception | None]:
+        begun = executions.begin(
+            connection,
+            task_id=task_id,
+            user_id=user,
+            service=desc,
+            tool=name,
+            params=claimed_params,
+            owner=owner,
+            lease_seconds=settings.task_soft_time_limit,
+        )
+        return begun, _resolve(user, desc, connection, begun) if begun.claimed else None
+
     while True:
         # One connection and no transaction for the claim and the service lookup: two round trips.
-        with executions.autocommit_connection() as connection:
-            begun = executions.begin(
-                connection,
-                task_id=task_id,
-                user_id=user,
-                service=desc,
-                tool=name,
-                params=claimed_params,
-                owner=owner,
-                lease_seconds=settings.task_soft_time_limit,
-            )
-            if begun.claimed:
-                started = time.perf_counter()
-                with Session(bind=connection) as session:
-                    resolved = _resolve(user, desc, session, begun)
+        begun, resolved = executions.autocommit(claim)
         if begun.already_succeeded:
             logger.info("execution %s already succeeded; returning the stored result", begun.id)
             return CallResult(
@@ -185,10 +187,12 @@ def run_tool_call(
         if held is not None:
             return held
 
+    started = time.perf_counter()
     stored_params: Any = None
     try:
         if isinstance(resolved, Exception):
             raise resolved
+        assert resolved is not None  # looked up whenever the row was claimed
         config = resolved
         register_secrets(config.secrets())
         merged = merge_arguments(config, args)
@@ -251,14 +255,11 @@ def run_tool_call(
         logger.exception("execution %s failed unexpectedly", begun.id)
         raise
     elapsed = _elapsed_ms(started)
-    with executions.autocommit_connection() as connection:
-        executions.succeed(
-            connection,
-            task_id,
-            result=result,
-            elapsed_ms=elapsed,
-            # A row this attempt created already holds these params when no service default was merged.
-            params=None if begun.attempts == 1 and stored_params == claimed_params else stored_params,
-            encoded=encoded,
+    # A row this attempt created already holds these params when no service default was merged.
+    new_params = None if begun.attempts == 1 and stored_params == claimed_params else stored_params
+    executions.autocommit(
+        lambda connection: executions.succeed(
+            connection, task_id, result=result, elapsed_ms=elapsed, params=new_params, encoded=encoded
         )
+    )
     return CallResult(begun.id, task_id, "success", result, elapsed, begun.attempts, encoded=encoded)

@@ -21,19 +21,24 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from worker.db import get_engine
 from worker.models import McpExecution
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRUNCATION_MARKER = "__truncated__"
 ERROR_MESSAGE_MAX = 2000
@@ -87,6 +92,24 @@ def autocommit_connection() -> Iterator[Connection]:
         finally:
             if not raw.closed:
                 raw.autocommit = False
+
+
+def autocommit(work: Callable[[Connection], T]) -> T:
+    """`work(connection)` on an `autocommit_connection`, run again once on a fresh connection when
+    the first one turns out to be dead (a database restart inside the pool's ping window, see
+    `worker.db`). Only for work that is safe to repeat: the claim (same owner) and the success write.
+    """
+    try:
+        with autocommit_connection() as connection:
+            return work(connection)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.warning(
+            "the database connection was lost (%s); trying once more on a new one", type(exc.orig).__name__
+        )
+    with autocommit_connection() as connection:
+        return work(connection)
 
 
 _table = cast(sa.Table, McpExecution.__table__)

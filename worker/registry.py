@@ -13,13 +13,16 @@ import json
 import os
 import re
 import shlex
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from worker import crypto
@@ -240,18 +243,15 @@ def validate_record(record: Mapping[str, Any], settings: Settings | None = None)
     )
 
 
-def _row_to_record(row: McpService) -> dict[str, Any]:
+def _row_to_record(row: McpService | Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row (an ORM object or a Core row's mapping) as a record, its secrets decrypted."""
     keys = get_settings().secret_key
+    fields = row if isinstance(row, Mapping) else {name: getattr(row, name) for name in _LOOKUP_COLUMNS}
     return {
-        "id": row.id,
-        "user_id": row.user_id,
-        "desc": row.desc,
-        "interaction_mode": row.interaction_mode,
-        "url": row.url,
-        "endpoint": row.endpoint,
-        "api_key": crypto.decrypt(row.api_key, keys),
-        "params": row.params or {},
-        "auth": crypto.decrypt_auth(row.auth or {}, keys),
+        **{name: fields[name] for name in ("id", "user_id", "desc", "interaction_mode", "url", "endpoint")},
+        "api_key": crypto.decrypt(fields["api_key"], keys),
+        "params": fields["params"] or {},
+        "auth": crypto.decrypt_auth(fields["auth"] or {}, keys),
     }
 
 
@@ -329,8 +329,11 @@ def _pick(candidates: Iterable[ServiceConfig], user_id: str, desc: str) -> Servi
     return found
 
 
-def resolve(user_id: str, desc: str, session: Session | None = None) -> ServiceConfig:
+def resolve(user_id: str, desc: str, session: Session | Connection | None = None) -> ServiceConfig:
     """The service `desc` as `user_id` sees it: their own row, else the global one.
+
+    One round trip; a row this process has already validated and decrypted, unchanged since, is
+    not validated or decrypted again (see `_validated`).
 
     Raises:
         ServiceNotFound: neither exists.
@@ -347,10 +350,56 @@ def resolve(user_id: str, desc: str, session: Session | None = None) -> ServiceC
 
         with session_scope() as own:
             return resolve(user_id, desc, own)
-    rows = session.scalars(
-        sa.select(McpService).where(McpService.desc == desc, McpService.user_id.in_([user_id, GLOBAL_USER]))
-    ).all()
-    return _pick((validate_record(_row_to_record(r), settings) for r in rows), user_id, desc)
+    rows = session.execute(_LOOKUP, {"b_user_id": user_id, "b_desc": desc}).all()
+    return _pick((_validated(row, settings) for row in rows), user_id, desc)
+
+
+_services = cast(sa.Table, McpService.__table__)
+_LOOKUP_COLUMNS = (
+    "id",
+    "user_id",
+    "desc",
+    "interaction_mode",
+    "url",
+    "endpoint",
+    "api_key",
+    "params",
+    "auth",
+)
+# Core, built once: the ORM's per-call statement building and row hydration cost more than the query.
+_LOOKUP = sa.select(*(_services.c[name] for name in _LOOKUP_COLUMNS)).where(
+    _services.c.desc == sa.bindparam("b_desc"),
+    sa.or_(_services.c.user_id == sa.bindparam("b_user_id"), _services.c.user_id == GLOBAL_USER),
+)
+# Validated and decrypted rows, keyed by everything read from the row (the ciphertext, not the
+# secret), for the settings they were validated under. Any change to a row is a new key, so a
+# cached entry is never stale; the oldest entries go first when the cache is full.
+VALIDATED_CACHE_SIZE = 1024
+_cache_lock = threading.Lock()
+_cache: OrderedDict[tuple[Any, ...], ServiceConfig] = OrderedDict()
+_cache_settings: list[Settings | None] = [None]
+
+
+def _validated(row: sa.Row[Any], settings: Settings) -> ServiceConfig:
+    """The row as a `ServiceConfig`: validated and decrypted once per content and settings."""
+    key = tuple(
+        json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) else value
+        for value in row
+    )
+    with _cache_lock:
+        if _cache_settings[0] is not settings:
+            _cache.clear()
+            _cache_settings[0] = settings
+        config = _cache.get(key)
+        if config is not None:
+            _cache.move_to_end(key)
+            return config
+    config = validate_record(_row_to_record(dict(zip(_LOOKUP_COLUMNS, row, strict=True))), settings)
+    with _cache_lock:
+        _cache[key] = config
+        if len(_cache) > VALIDATED_CACHE_SIZE:
+            _cache.popitem(last=False)
+    return config
 
 
 def list_services(session: Session | None, user_id: str | None = None) -> list[ServiceConfig]:

@@ -63,7 +63,7 @@ def _env_int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> 
     return value
 
 
-def _env_float(env: dict[str, str], name: str, default: float) -> float:
+def _env_float(env: dict[str, str], name: str, default: float, *, zero_ok: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -71,8 +71,8 @@ def _env_float(env: dict[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be positive, got {value}")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigurationError(f"{name} must be {'zero or more' if zero_ok else 'positive'}, got {value}")
     return value
 
 
@@ -117,6 +117,8 @@ class Settings:
     db_pool_size: int = 20
     db_max_overflow: int = 30
     db_pool_pre_ping: bool = True
+    # A pooled connection used less than this long ago is handed out without a ping (0: always ping).
+    db_pool_ping_idle_s: float = 1.0
     db_nullpool: bool = False
 
     secret_key: str | None = field(default=None, repr=False)
@@ -202,6 +204,7 @@ class Settings:
             db_pool_size=_env_int(env, "DB_POOL_SIZE", 20, minimum=1),
             db_max_overflow=_env_int(env, "DB_MAX_OVERFLOW", 30),
             db_pool_pre_ping=_env_bool(env, "DB_POOL_PRE_PING", True),
+            db_pool_ping_idle_s=_env_float(env, "DB_POOL_PING_IDLE_S", 1.0, zero_ok=True),
             db_nullpool=_env_bool(env, "DB_NULLPOOL", False),
             secret_key=env.get("MCP_SECRET_KEY") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,

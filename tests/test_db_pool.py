@@ -1,0 +1,156 @@
+"""The connection pool's liveness check and the hot path's one retry on a dead connection.
+
+A pooled connection is pinged only when it sat idle longer than `DB_POOL_PING_IDLE_S`; one that
+dies inside that window fails its statement as a disconnect, and `executions.autocommit` (the
+claim and the success write) then runs once more on a new connection. Connections are cut here
+the way a database restart cuts them: `pg_terminate_backend` on the server side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+from testenv import DEMO_HTTP_TOKEN
+
+from worker import executions
+from worker.db import dispose_engine, get_engine, session_scope
+from worker.execute import run_tool_call
+from worker.registry import save_service
+from worker.settings import reset_settings
+
+
+def _backend_pid(connection: Connection) -> int:
+    return int(connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _cut(pid: int) -> None:
+    """Terminate one server backend from a connection outside the pool, and wait until it is gone."""
+    admin = sa.create_engine(get_engine().url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            assert connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+            for _ in range(200):
+                alive = connection.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                ).scalar()
+                if not alive:
+                    return
+                time.sleep(0.01)
+        raise AssertionError(f"backend {pid} did not go away")
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """This process's engine with a pool of exactly one connection, so each checkout gets the same
+    one; the test sets DB_POOL_PING_IDLE_S and calls `rebuild` before using it."""
+    monkeypatch.setenv("DB_POOL_SIZE", "1")
+    monkeypatch.setenv("DB_MAX_OVERFLOW", "0")
+    yield monkeypatch
+    dispose_engine()
+    monkeypatch.undo()
+    reset_settings()
+
+
+def rebuild() -> None:
+    reset_settings()
+    dispose_engine()
+
+
+def test_a_connection_cut_while_idle_is_replaced_before_it_is_handed_out(
+    one_connection: pytest.MonkeyPatch,
+) -> None:
+    one_connection.setenv("DB_POOL_PING_IDLE_S", "0.05")
+    rebuild()
+    with get_engine().connect() as connection:
+        first = _backend_pid(connection)
+    _cut(first)
+    time.sleep(0.1)  # past the window: the next checkout pings, finds it dead, opens another
+    with get_engine().connect() as connection:
+        second = _backend_pid(connection)
+    assert second != first
+
+
+def test_inside_the_window_a_cut_connection_fails_its_statement_as_a_disconnect(
+    one_connection: pytest.MonkeyPatch,
+) -> None:
+    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
+    rebuild()
+    with get_engine().connect() as connection:
+        first = _backend_pid(connection)
+    _cut(first)
+    with pytest.raises(sa.exc.DBAPIError) as caught, get_engine().connect() as connection:
+        _backend_pid(connection)
+    assert caught.value.connection_invalidated
+    # The pool threw the dead connection away: the next checkout is a new one.
+    with get_engine().connect() as connection:
+        assert _backend_pid(connection) != first
+
+
+def test_the_hot_path_runs_once_more_on_a_new_connection(
+    one_connection: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
+    rebuild()
+    first = executions.autocommit(_backend_pid)
+    _cut(first)
+    with caplog.at_level(logging.WARNING, logger="worker.executions"):
+        second = executions.autocommit(_backend_pid)
+    assert second != first
+    assert "database connection was lost" in caplog.text
+
+
+def test_other_database_errors_are_not_retried(one_connection: pytest.MonkeyPatch) -> None:
+    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
+    rebuild()
+    calls: list[int] = []
+
+    def broken(connection: Connection) -> None:
+        calls.append(1)
+        connection.execute(sa.text("SELECT no_such_column FROM mcp_executions"))
+
+    with pytest.raises(sa.exc.ProgrammingError):
+        executions.autocommit(broken)
+    assert len(calls) == 1
+
+
+def test_a_tool_call_after_a_cut_records_its_row(one_connection: pytest.MonkeyPatch, demo_http: str) -> None:
+    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
+    rebuild()
+    user = f"cut-{uuid.uuid4().hex[:6]}"
+    with session_scope() as session:
+        save_service(
+            session,
+            {
+                "user_id": user,
+                "desc": "pm",
+                "interaction_mode": "streamable_http",
+                "url": demo_http,
+                "api_key": DEMO_HTTP_TOKEN,
+            },
+        )
+    with get_engine().connect() as connection:
+        pid = _backend_pid(connection)
+    _cut(pid)
+    task_id = str(uuid.uuid4())
+    outcome = run_tool_call(
+        task_id=task_id,
+        user_id=user,
+        service="pm",
+        tool="echo",
+        arguments={"message": "after the cut"},
+        final_attempt=True,
+    )
+    assert outcome.status == "success"
+    with session_scope() as session:
+        row = executions.get(session, task_id)
+        assert row is not None
+        assert (row.status, row.attempts, row.result) == ("success", 1, outcome.result)
