@@ -1,9 +1,9 @@
 """Running one audited tool call: the logic behind `mcp.execute_tool`, testable without Celery.
 
 Order of work, no connection or transaction held while the MCP server thinks: claim the row (or
-find it already succeeded) and resolve the service, two statements on one pooled connection; call
-the tool; record the outcome, one statement. The hot path's steps run in autocommit: each is a
-single write, so a BEGIN and a COMMIT would only add round trips. Errors are recorded and
+find it already succeeded) and fetch the service's rows, one statement on PostgreSQL (two on
+SQLite); call the tool; record the outcome, one statement. The hot path's steps run in
+autocommit: each is a single write, so a BEGIN and a COMMIT would only add round trips. Errors are recorded and
 re-raised for the task to map onto retry (a `TransientError` that has retries left) or failure.
 """
 
@@ -24,11 +24,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from worker import executions, mcp
+from worker import executions, mcp, registry
 from worker.db import session_scope
 from worker.errors import ExecutionHeld, PermanentError, ToolFailed, TransientError, WorkerError
 from worker.redaction import redact, redact_params, register_secrets
-from worker.registry import ServiceConfig, resolve
+from worker.registry import ServiceConfig
 from worker.settings import CALL_MARGIN_S, Settings, get_settings
 from worker.validation import validate_tool_request
 
@@ -115,9 +115,12 @@ def _resolve(
     user: str, desc: str, connection: Connection, begun: executions.Begun
 ) -> ServiceConfig | Exception:
     """The service, or the error resolving it, for `run_tool_call` to record and raise with the
-    rest of the call's failures (a database outage is raised at once: nothing can be recorded)."""
+    rest of the call's failures (a database outage is raised at once: nothing can be recorded).
+    The claim has usually fetched the service's rows already; otherwise they are looked up here."""
     try:
-        return resolve(user, desc, connection)
+        if begun.looked_up is not None:
+            return registry.from_rows(begun.looked_up, user, desc)
+        return registry.resolve(user, desc, connection)
     except DBAPIError:
         logger.warning("execution %s could not reach the database; the task will retry", begun.id)
         raise
@@ -170,11 +173,13 @@ def run_tool_call(
             params=claimed_params,
             owner=owner,
             lease_seconds=settings.task_soft_time_limit,
+            # Services come from a file in development mode.
+            lookup=None if settings.development_mode else registry.LOOKUP,
         )
         return begun, _resolve(user, desc, connection, begun) if begun.claimed else None
 
     while True:
-        # One connection and no transaction for the claim and the service lookup: two round trips.
+        # No transaction: the claim, with the service lookup, is one statement on PostgreSQL.
         begun, resolved = executions.autocommit(claim)
         if begun.already_succeeded:
             logger.info("execution %s already succeeded; returning the stored result", begun.id)

@@ -63,6 +63,8 @@ class Begun:
     result: Any = None
     execution_time_ms: int | None = None
     held_until: datetime | None = None
+    # The rows of the `lookup` that `begin` ran with the claim (None when it did not run one).
+    looked_up: tuple[tuple[Any, ...], ...] | None = None
 
     @property
     def claimed(self) -> bool:
@@ -169,6 +171,24 @@ def _claim_statement(dialect: str) -> Any:
     return stmt
 
 
+_WITH_LOOKUP: dict[int, Any] = {}
+
+
+def _claim_with_lookup(lookup: Any) -> Any:
+    """The claim and `lookup` as one PostgreSQL statement: the claim's upsert as a CTE, outer
+    joined with the lookup's rows. No row: not claimed. Otherwise (id, attempts, *lookup columns)
+    per lookup row, or once with the lookup columns NULL when it found nothing."""
+    stmt = _WITH_LOOKUP.get(id(lookup))
+    if stmt is None:
+        claim = _claim_statement("postgresql").cte("claim")
+        found = lookup.subquery("found")
+        stmt = sa.select(claim.c.id, claim.c.attempts, *found.c).select_from(
+            claim.outerjoin(found, sa.true())
+        )
+        _WITH_LOOKUP[id(lookup)] = stmt
+    return stmt
+
+
 _FIND = sa.select(
     _table.c.id,
     _table.c.status,
@@ -193,30 +213,38 @@ def begin(
     params: Any,
     owner: str,
     lease_seconds: float,
+    lookup: Any = None,
 ) -> Begun:
     """Create or reopen the row for `task_id`, claim it for `owner` and count this attempt.
 
     One statement (an upsert whose update only applies when the row has not succeeded and no
     other owner holds a live lease on it), so one round trip; a second one only when it was not
-    claimed, to say why.
+    claimed, to say why. With `lookup` (a SELECT whose bind parameters are among the claim's, such
+    as `worker.registry.LOOKUP`) on PostgreSQL, the lookup runs in the same statement and its rows
+    come back as `Begun.looked_up`; elsewhere `lookup` is ignored and `looked_up` stays None.
     """
     now = _now()
     expires = now + timedelta(seconds=lease_seconds)
-    claimed = session.execute(
-        _claim_statement(_dialect(session)),
-        {
-            "b_task_id": task_id,
-            "b_user_id": user_id,
-            "b_service": service,
-            "b_tool": tool,
-            "b_params": params,
-            "b_now": now,
-            "b_owner": owner,
-            "b_expires": expires,
-        },
-    ).one_or_none()
-    if claimed is not None:
-        return Begun(id=claimed.id, attempts=claimed.attempts, already_succeeded=False)
+    values = {
+        "b_task_id": task_id,
+        "b_user_id": user_id,
+        "b_service": service,
+        "b_tool": tool,
+        "b_params": params,
+        "b_now": now,
+        "b_owner": owner,
+        "b_expires": expires,
+    }
+    dialect = _dialect(session)
+    if lookup is not None and dialect == "postgresql":
+        rows = session.execute(_claim_with_lookup(lookup), values).all()
+        if rows:
+            found = tuple(tuple(row[2:]) for row in rows if row[2] is not None)
+            return Begun(id=rows[0][0], attempts=rows[0][1], already_succeeded=False, looked_up=found)
+    else:
+        claimed = session.execute(_claim_statement(dialect), values).one_or_none()
+        if claimed is not None:
+            return Begun(id=claimed.id, attempts=claimed.attempts, already_succeeded=False)
     row = session.execute(_FIND, {"b_task_id": task_id}).one()
     if row.status == Status.SUCCESS.value:
         return Begun(row.id, row.attempts, True, row.result, row.execution_time_ms)

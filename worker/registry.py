@@ -15,7 +15,7 @@ import re
 import shlex
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -350,7 +350,17 @@ def resolve(user_id: str, desc: str, session: Session | Connection | None = None
 
         with session_scope() as own:
             return resolve(user_id, desc, own)
-    rows = session.execute(_LOOKUP, {"b_user_id": user_id, "b_desc": desc}).all()
+    return from_rows(session.execute(LOOKUP, {"b_user_id": user_id, "b_service": desc}).all(), user_id, desc)
+
+
+def from_rows(rows: Iterable[Sequence[Any]], user_id: str, desc: str) -> ServiceConfig:
+    """`resolve` on rows already fetched with `LOOKUP` (its columns, in its order).
+
+    Raises:
+        ServiceNotFound: neither the user's nor the global row is among them.
+        InvalidService: the row cannot be used as written.
+    """
+    settings = get_settings()
     return _pick((_validated(row, settings) for row in rows), user_id, desc)
 
 
@@ -366,9 +376,11 @@ _LOOKUP_COLUMNS = (
     "params",
     "auth",
 )
-# Core, built once: the ORM's per-call statement building and row hydration cost more than the query.
-_LOOKUP = sa.select(*(_services.c[name] for name in _LOOKUP_COLUMNS)).where(
-    _services.c.desc == sa.bindparam("b_desc"),
+# The rows `resolve` chooses from: Core, built once (the ORM's per-call statement building and row
+# hydration cost more than the query). Bind parameters `b_user_id` and `b_service`, the names the
+# execution claim uses, so the claim can embed it and find the service in the same round trip.
+LOOKUP = sa.select(*(_services.c[name] for name in _LOOKUP_COLUMNS)).where(
+    _services.c.desc == sa.bindparam("b_service"),
     sa.or_(_services.c.user_id == sa.bindparam("b_user_id"), _services.c.user_id == GLOBAL_USER),
 )
 # Validated and decrypted rows, keyed by everything read from the row (the ciphertext, not the
@@ -380,7 +392,7 @@ _cache: OrderedDict[tuple[Any, ...], ServiceConfig] = OrderedDict()
 _cache_settings: list[Settings | None] = [None]
 
 
-def _validated(row: sa.Row[Any], settings: Settings) -> ServiceConfig:
+def _validated(row: Sequence[Any], settings: Settings) -> ServiceConfig:
     """The row as a `ServiceConfig`: validated and decrypted once per content and settings."""
     key = tuple(
         json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) else value
