@@ -30,6 +30,8 @@ from bench.procs import Proc, children, cpu_seconds, postgres_backends, rss_kib,
 EXECUTE_TOOL = "mcp.execute_tool"
 DRAIN_TIMEOUT_S = 600.0
 CONTROL_TIMEOUT_S = 5.0
+# About what one pooled `echo` call keeps a pool process waiting (its `execution_time_ms`).
+WAIT_MS = 2.0
 RESULT_KEY = "celery-task-meta-{}"
 # Process groups of the CPU breakdown, in table order.
 CPU_GROUPS = ("worker main", "pool processes", "MCP servers", "Postgres", "Redis", "bench")
@@ -246,6 +248,13 @@ def pooled_call(env: BenchEnv, probe: CpuProbe, mode: str, n: int) -> Drained:
 def rows_only(env: BenchEnv, probe: CpuProbe, n: int) -> Drained:
     """`mcp.execute_tool`'s code with the MCP call answered in process: the rows and the lookup."""
     return execute_tool(env, probe, "stdio", n, task="bench.rows_only")
+
+
+def wait_only(env: BenchEnv, probe: CpuProbe, n: int) -> Drained:
+    """A task that only sleeps WAIT_MS: the rate any task reaches that holds a pool process that long."""
+    kwargs = [{"ms": WAIT_MS} for _ in range(n)]
+    warm(env, "bench.wait", kwargs[: 4 * env.concurrency])
+    return drain(env, probe, "bench.wait", kwargs)[0]
 
 
 # ---------------------------------------------------------------------- case 4: a client per call

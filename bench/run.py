@@ -123,6 +123,7 @@ def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> di
             for mode in HTTP_TRANSPORTS:
                 record(f"pooled_call/{mode}", partial(cases.pooled_call, env, probe, mode, sizes.diagnostic))
             record("rows_only", partial(cases.rows_only, env, probe, sizes.diagnostic))
+            record("wait_only", partial(cases.wait_only, env, probe, sizes.diagnostic))
             for mode in TRANSPORTS:
                 n = sizes.naive_stdio if mode == "stdio" else sizes.naive_http
                 record(f"naive/{mode}", partial(cases.naive, env, probe, mode, n))
@@ -173,6 +174,7 @@ def _table(
     memory: Any,
     concurrency: int,
 ) -> str:
+    from bench import cases
     from bench.cases import CPU_GROUPS
 
     top = summary["ceiling"]
@@ -205,6 +207,10 @@ def _table(
     lines.append(
         f"| 3b. diagnostic: only the rows (MCP call answered in process) | - | {sizes.diagnostic} x {runs} | "
         f"{rate('rows_only')} | {summary['rows_only'] / top:.0%} | |"
+    )
+    lines.append(
+        f"| 3c. diagnostic: no work, only a {cases.WAIT_MS:g} ms sleep (as long as a pooled call) | - | "
+        f"{sizes.diagnostic} x {runs} | {rate('wait_only')} | {summary['wait_only'] / top:.0%} | |"
     )
     for mode in TRANSPORTS:
         n = sizes.naive_stdio if mode == "stdio" else sizes.naive_http

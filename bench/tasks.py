@@ -9,11 +9,14 @@ Two diagnostics split `mcp.execute_tool` into its halves, to show what bounds it
 `bench.pooled_call` is only the MCP call through the worker's session pool (the service resolved
 once per process, no row), and `bench.rows_only` is `mcp.execute_tool`'s own code with the MCP
 call replaced by an answer made in process (the claim, the service lookup and the success row).
+A third, `bench.wait`, does no work at all but sleeps as long as a pooled call takes: what one
+message per pool process at a time allows any task that waits on I/O that long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +36,12 @@ _configs: dict[tuple[str, str], ServiceConfig] = {}
 @app.task(name="bench.noop", queue="mcp.tools", acks_late=True)
 def noop() -> None:
     """Nothing: the cost of the task machinery alone."""
+
+
+@app.task(name="bench.wait", queue="mcp.tools", acks_late=True)
+def wait(ms: float) -> None:
+    """Sleep `ms` milliseconds: no CPU, only the time an I/O-bound call keeps a pool process."""
+    time.sleep(ms / 1000)
 
 
 @app.task(name="bench.naive_call", queue="mcp.tools", acks_late=True)
