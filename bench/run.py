@@ -61,6 +61,15 @@ TARGETS: list[tuple[str, Callable[[dict[str, Any]], float], float]] = [
     ),
 ]
 LATENCY_P50_TARGET_MS = 25.0
+# docker-compose.yml's default for the tools worker (WORKER_TOOLS_CONCURRENCY).
+PRODUCTION_CONCURRENCY = 8
+
+
+def _production_concurrency() -> int:
+    """The tools worker's concurrency as production runs it: docker-compose.yml's
+    `-c ${WORKER_TOOLS_CONCURRENCY:-8}` (MCP calls wait on I/O, so more processes than cores)."""
+    raw = os.environ.get("WORKER_TOOLS_CONCURRENCY", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else PRODUCTION_CONCURRENCY
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +77,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller N per case (about 3 minutes)")
     parser.add_argument("--runs", type=int, default=3, help="runs per case; the table shows medians (3)")
     parser.add_argument(
-        "--concurrency", type=int, default=os.cpu_count() or 2, help="worker processes (default: CPUs)"
+        "--concurrency",
+        type=int,
+        default=_production_concurrency(),
+        help="worker processes (default: what docker-compose.yml runs, $WORKER_TOOLS_CONCURRENCY or 8)",
     )
     parser.add_argument(
         "--redis-url",

@@ -1,5 +1,6 @@
 """docker-compose.yml parses with the values of .env.example, refuses to run without the secrets,
-and publishes Flower on loopback only. Needs the `docker-compose` command (no engine)."""
+and publishes Flower on loopback only. Needs the `docker-compose` command (no engine), except the
+last test, which only reads the file."""
 
 from __future__ import annotations
 
@@ -93,3 +94,12 @@ def test_flower_is_published_on_loopback_only(tmp_path: Path) -> None:
     # No other service publishes a port at all: Postgres, Redis and the workers stay internal.
     published = [i for i, line in enumerate(done.stdout.splitlines()) if line == "    ports:"]
     assert len(published) == 1
+
+
+def test_the_benchmark_runs_the_tools_worker_as_compose_does() -> None:
+    """`make bench` measures the production settings: its default concurrency is compose's."""
+    from bench.run import PRODUCTION_CONCURRENCY
+
+    text = COMPOSE_FILE.read_text()
+    assert f'"-c", "${{WORKER_TOOLS_CONCURRENCY:-{PRODUCTION_CONCURRENCY}}}"' in text
+    assert f"WORKER_TOOLS_CONCURRENCY={PRODUCTION_CONCURRENCY}" in ENV_EXAMPLE.read_text()
