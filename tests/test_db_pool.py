@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -49,27 +49,27 @@ def _cut(pid: int) -> None:
 
 
 @pytest.fixture
-def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """This process's engine with a pool of exactly one connection, so each checkout gets the same
-    one; the test sets DB_POOL_PING_IDLE_S and calls `rebuild` before using it."""
-    monkeypatch.setenv("DB_POOL_SIZE", "1")
-    monkeypatch.setenv("DB_MAX_OVERFLOW", "0")
-    yield monkeypatch
+def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], None]]:
+    """Rebuilds this process's engine with a pool of exactly one connection (so each checkout gets
+    the same one) and the given DB_POOL_PING_IDLE_S; the test's own engine comes back afterwards."""
+
+    def build(ping_idle_s: float) -> None:
+        monkeypatch.setenv("DB_POOL_SIZE", "1")
+        monkeypatch.setenv("DB_MAX_OVERFLOW", "0")
+        monkeypatch.setenv("DB_POOL_PING_IDLE_S", str(ping_idle_s))
+        reset_settings()
+        dispose_engine()
+
+    yield build
     dispose_engine()
     monkeypatch.undo()
     reset_settings()
 
 
-def rebuild() -> None:
-    reset_settings()
-    dispose_engine()
-
-
 def test_a_connection_cut_while_idle_is_replaced_before_it_is_handed_out(
-    one_connection: pytest.MonkeyPatch,
+    one_connection: Callable[[float], None],
 ) -> None:
-    one_connection.setenv("DB_POOL_PING_IDLE_S", "0.05")
-    rebuild()
+    one_connection(0.05)
     with get_engine().connect() as connection:
         first = _backend_pid(connection)
     _cut(first)
@@ -80,10 +80,9 @@ def test_a_connection_cut_while_idle_is_replaced_before_it_is_handed_out(
 
 
 def test_inside_the_window_a_cut_connection_fails_its_statement_as_a_disconnect(
-    one_connection: pytest.MonkeyPatch,
+    one_connection: Callable[[float], None],
 ) -> None:
-    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
-    rebuild()
+    one_connection(60)
     with get_engine().connect() as connection:
         first = _backend_pid(connection)
     _cut(first)
@@ -96,10 +95,9 @@ def test_inside_the_window_a_cut_connection_fails_its_statement_as_a_disconnect(
 
 
 def test_the_hot_path_runs_once_more_on_a_new_connection(
-    one_connection: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    one_connection: Callable[[float], None], caplog: pytest.LogCaptureFixture
 ) -> None:
-    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
-    rebuild()
+    one_connection(60)
     first = executions.autocommit(_backend_pid)
     _cut(first)
     with caplog.at_level(logging.WARNING, logger="worker.executions"):
@@ -108,9 +106,8 @@ def test_the_hot_path_runs_once_more_on_a_new_connection(
     assert "database connection was lost" in caplog.text
 
 
-def test_other_database_errors_are_not_retried(one_connection: pytest.MonkeyPatch) -> None:
-    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
-    rebuild()
+def test_other_database_errors_are_not_retried(one_connection: Callable[[float], None]) -> None:
+    one_connection(60)
     calls: list[int] = []
 
     def broken(connection: Connection) -> None:
@@ -122,9 +119,10 @@ def test_other_database_errors_are_not_retried(one_connection: pytest.MonkeyPatc
     assert len(calls) == 1
 
 
-def test_a_tool_call_after_a_cut_records_its_row(one_connection: pytest.MonkeyPatch, demo_http: str) -> None:
-    one_connection.setenv("DB_POOL_PING_IDLE_S", "60")
-    rebuild()
+def test_a_tool_call_after_a_cut_records_its_row(
+    one_connection: Callable[[float], None], demo_http: str
+) -> None:
+    one_connection(60)
     user = f"cut-{uuid.uuid4().hex[:6]}"
     with session_scope() as session:
         save_service(
