@@ -65,6 +65,11 @@ LATENCY_P50_TARGET_MS = 25.0
 PRODUCTION_CONCURRENCY = 8
 
 
+def _times(ratio: float) -> str:
+    """A ratio as the table shows it: one decimal below 10x, so 4.86x does not read as 5x."""
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:,.0f}x"
+
+
 def _production_concurrency() -> int:
     """The tools worker's concurrency as production runs it: docker-compose.yml's
     `-c ${WORKER_TOOLS_CONCURRENCY:-8}` (MCP calls wait on I/O, so more processes than cores)."""
@@ -208,7 +213,7 @@ def _table(
         value = summary[f"execute_tool/{mode}"]
         lines.append(
             f"| **3. `mcp.execute_tool` end to end (N success rows)** | {mode} | {sizes.execute} x {runs} | "
-            f"**{rate(f'execute_tool/{mode}')}** | **{value / top:.0%}** | **{value / summary[f'naive/{mode}']:,.0f}x** |"
+            f"**{rate(f'execute_tool/{mode}')}** | **{value / top:.1%}** | **{_times(value / summary[f'naive/{mode}'])}** |"
         )
     for mode in HTTP_TRANSPORTS:
         value = summary[f"pooled_call/{mode}"]

@@ -3,8 +3,9 @@
 Order of work, no connection or transaction held while the MCP server thinks: claim the row (or
 find it already succeeded) and fetch the service's rows, one statement on PostgreSQL (two on
 SQLite); call the tool; record the outcome, one statement. The hot path's steps run in
-autocommit: each is a single write, so a BEGIN and a COMMIT would only add round trips. Errors are recorded and
-re-raised for the task to map onto retry (a `TransientError` that has retries left) or failure.
+autocommit: each is a single write, so a BEGIN and a COMMIT would only add round trips. Errors
+are recorded and re-raised for the task to map onto retry (a `TransientError` that has retries
+left) or failure.
 """
 
 from __future__ import annotations
