@@ -25,7 +25,8 @@ import sqlalchemy as sa
 
 from bench.clients import client_for
 from bench.env import QUEUE, USER, BenchEnv
-from bench.procs import Proc, children, cpu_seconds, postgres_backends, rss_kib, socket_count, wait_until
+from bench.procs import Proc, children, cpu_seconds, postgres_backends, rss_kib, socket_count
+from worker.loopback import wait_until
 
 EXECUTE_TOOL = "mcp.execute_tool"
 DRAIN_TIMEOUT_S = 600.0

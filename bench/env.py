@@ -22,7 +22,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.procs import Proc, free_port, port_open, spawn, wait_until
+from bench.procs import Proc, spawn
+from worker.loopback import free_port, port_open, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -192,7 +192,6 @@ def _table(
     concurrency: int,
 ) -> str:
     from bench import cases
-    from bench.cases import CPU_GROUPS
 
     top = summary["ceiling"]
 
@@ -257,13 +256,13 @@ def _table(
         "",
         "CPU milliseconds per task, median (from /proc; `bench` is this process polling for results):",
         "",
-        "| case | " + " | ".join(CPU_GROUPS) + " | total |",
-        "|---|" + "---:|" * (len(CPU_GROUPS) + 1),
+        "| case | " + " | ".join(cases.CPU_GROUPS) + " | total |",
+        "|---|" + "---:|" * (len(cases.CPU_GROUPS) + 1),
     ]
     for key, groups in cpu.items():
         lines.append(
             f"| {key} | "
-            + " | ".join(f"{groups[g]:.2f}" for g in CPU_GROUPS)
+            + " | ".join(f"{groups[g]:.2f}" for g in cases.CPU_GROUPS)
             + f" | {sum(groups.values()):.2f} |"
         )
     return "\n".join(lines)

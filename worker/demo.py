@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import WorkerError
+from worker.loopback import free_port, port_open
 
 # The whole demo (worker start included) must finish well inside this.
 DEMO_TIMEOUT_S = 80.0
@@ -46,20 +47,6 @@ class Child:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def demo_environment(data_dir: Path | None = None) -> dict[str, str]:
@@ -130,7 +117,7 @@ def _progress(line: str) -> None:
 def start_demo_server(
     stack: ExitStack, transport: str, token: str, env: Mapping[str, str], log_dir: Path
 ) -> int:
-    port = _free_port()
+    port = free_port()
     argv = [
         sys.executable,
         "-m",
@@ -143,7 +130,7 @@ def start_demo_server(
         token,
     ]
     child = stack.enter_context(_child(f"demo-server-{transport}", argv, env, log_dir))
-    _wait(lambda: _port_open(port), START_TIMEOUT_S, f"the {transport} demo server on port {port}", child)
+    _wait(lambda: port_open(port), START_TIMEOUT_S, f"the {transport} demo server on port {port}", child)
     return port
 
 

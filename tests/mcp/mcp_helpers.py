@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.loopback import wait_until
 from worker.registry import ServiceConfig
 from worker.settings import Settings
 
@@ -27,18 +26,6 @@ STDIO_DEMO = f"{shlex.quote(PYTHON)} -m worker.demo_server --transport stdio --t
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _LISTENING = re.compile(r"listening on (http://\S+)")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll until `predicate()` is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -78,7 +65,7 @@ def start_demo(transport: str, *, token: str | None = None, port: int = 0) -> De
         return match.group(1) if match else None
 
     try:
-        url = wait_for(listening, START_TIMEOUT, f"the {transport} demo server")
+        url = wait_until(listening, START_TIMEOUT, f"the {transport} demo server")
     except AssertionError:
         popen.kill()
         popen.wait(STOP_TIMEOUT)

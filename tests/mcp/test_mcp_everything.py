@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mcp_helpers import make_settings, service, wait_for
+from mcp_helpers import make_settings, service
 
 from worker import mcp
 from worker.errors import ToolInputRejected, UnknownTool
+from worker.loopback import port_open, wait_until
 from worker.registry import ServiceConfig
 from worker.settings import Settings
 
@@ -33,14 +34,6 @@ def everything_binary() -> Path:
     if not EVERYTHING.exists():
         pytest.fail(f"{EVERYTHING.relative_to(ROOT)} is missing; {INSTALL_HINT}")
     return EVERYTHING
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def everything_http() -> Iterator[str]:
             stdin=subprocess.DEVNULL,
         )
     try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, 30, "server-everything to listen")
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 30, "server-everything to listen")
         assert proc.poll() is None, f"server-everything exited:\n{log.read_text()}"
         yield f"http://127.0.0.1:{port}/mcp"
     finally:

@@ -21,7 +21,6 @@ from mcp_helpers import (
     make_settings,
     process_gone,
     service,
-    wait_for,
 )
 
 from worker import mcp
@@ -34,18 +33,11 @@ from worker.errors import (
     ToolInputRejected,
     UnknownTool,
 )
+from worker.loopback import free_port, wait_until
 from worker.registry import ServiceConfig
 from worker.settings import Settings
 
 MODES = ["stdio", "sse", "streamable_http"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def python_command(code: str) -> str:
@@ -152,7 +144,7 @@ def test_silent_stdio_server_hits_the_connect_timeout() -> None:
         mcp.call_tool(config, "echo", {"message": "x"}, settings=make_settings())
 
     assert time.monotonic() - started < 3
-    wait_for(lambda: not children_running("time.sleep(60)"), 10, "the silent child to be killed")
+    wait_until(lambda: not children_running("time.sleep(60)"), 10, "the silent child to be killed")
 
 
 @pytest.mark.parametrize("lingers", [False, True], ids=["exits", "lingers"])
@@ -190,7 +182,7 @@ def test_killed_stdio_child_is_replaced_transparently(
 ) -> None:
     first = mcp.call_tool(configs["stdio"], "whoami", {}, settings=settings).result["pid"]
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: process_gone(first), 10, "the killed child to be reaped")
+    wait_until(lambda: process_gone(first), 10, "the killed child to be reaped")
 
     second = mcp.call_tool(configs["stdio"], "whoami", {}, settings=settings).result["pid"]
 
@@ -262,7 +254,7 @@ def test_concurrency_is_capped_per_service(configs: dict[str, ServiceConfig]) ->
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    wait_for(lambda: mcp.pool_stats()["in_flight"] == 2, 5, "two calls in flight")
+    wait_until(lambda: mcp.pool_stats()["in_flight"] == 2, 5, "two calls in flight")
     other_started = time.monotonic()
     assert mcp.call_tool(other, "echo", {"message": "not blocked"}, settings=settings).result == [
         "not blocked"
@@ -281,8 +273,8 @@ def test_idle_sessions_close_after_the_ttl(configs: dict[str, ServiceConfig]) ->
     pid = mcp.call_tool(configs["stdio"], "whoami", {}, settings=settings).result["pid"]
     mcp.call_tool(configs["streamable_http"], "echo", {"message": "x"}, settings=settings)
 
-    wait_for(lambda: mcp.pool_stats()["open_sessions"] == 0, 10, "idle sessions to close")
-    wait_for(lambda: process_gone(pid), 10, "the idle stdio child to exit")
+    wait_until(lambda: mcp.pool_stats()["open_sessions"] == 0, 10, "idle sessions to close")
+    wait_until(lambda: process_gone(pid), 10, "the idle stdio child to exit")
 
     assert mcp.call_tool(configs["stdio"], "echo", {"message": "again"}, settings=settings).result == [
         "again"
@@ -303,7 +295,7 @@ def test_shutdown_reaps_every_stdio_child(settings: Settings) -> None:
     mcp.shutdown_runtime()
 
     for pid in pids:
-        wait_for(lambda pid=pid: process_gone(pid), 10, f"stdio child {pid} to be reaped")
+        wait_until(lambda pid=pid: process_gone(pid), 10, f"stdio child {pid} to be reaped")
     assert children_running("--transport stdio") == []
     assert mcp.pool_stats()["open_sessions"] == 0
     mcp.shutdown_runtime()  # idempotent
@@ -325,7 +317,7 @@ def test_shutdown_ends_calls_in_flight(
 
     thread = threading.Thread(target=call)
     thread.start()
-    wait_for(lambda: mcp.pool_stats()["in_flight"] == 1, 5, "the call to start")
+    wait_until(lambda: mcp.pool_stats()["in_flight"] == 1, 5, "the call to start")
     started = time.monotonic()
     mcp.shutdown_runtime()
     thread.join(10)
@@ -383,4 +375,4 @@ def test_shutdown_from_atexit_leaves_no_child(tmp_path: Any) -> None:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "destroyed but it is pending" not in done.stderr, done.stderr
     server_pid = int(done.stdout.strip())
-    wait_for(lambda: process_gone(server_pid), 10, "the script's stdio server to exit")
+    wait_until(lambda: process_gone(server_pid), 10, "the script's stdio server to exit")
