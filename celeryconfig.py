@@ -59,7 +59,11 @@ worker_hijack_root_logger = False
 # Keep running tasks when the broker connection drops: cancelling them would need the result
 # backend (often the same Redis, down too) and loses the message; late acks redeliver instead.
 worker_cancel_long_running_tasks_on_connection_loss = False
-task_track_started = True
+# No STARTED state in the result backend for tool calls (Celery's default): each result write
+# costs two Redis round trips (Celery reads the key before every write), and a call's running
+# state is already in its row (`status = running`) and in Flower's task events. Reports, which
+# run for seconds, do store it (`track_started` on `mcp.generate_report`).
+task_track_started = False
 task_time_limit = _settings.task_time_limit
 task_soft_time_limit = _settings.task_soft_time_limit
 

@@ -234,3 +234,22 @@ def test_a_hung_server_times_out_is_retried_then_fails(services: str) -> None:
 def test_the_producer_refuses_malformed_calls_before_sending(args: tuple[Any, ...], message: str) -> None:
     with pytest.raises(InvalidArguments, match=message):
         submit_tool(*args)
+
+
+def test_a_running_call_is_running_in_its_row_and_pending_in_the_result_backend(services: str) -> None:
+    """Tool calls store no STARTED state (two Redis round trips per call); the row says running.
+    Reports, which take seconds, do store it."""
+    from worker.celery import app
+
+    result = submit_tool(services, "pm-http", "sleep", {"seconds": 3})
+
+    def running() -> bool:
+        with session_scope() as session:
+            row = executions.get(session, result.id)
+            return row is not None and row.status == "running"
+
+    wait_until(running, ROW_TIMEOUT_S, f"execution row of {result.id} to say running", interval=0.05)
+    assert result.state == "PENDING"
+    assert final_row(result.id)["status"] == "success"
+    assert result.get(timeout=ROW_TIMEOUT_S)["status"] == "success"
+    assert app.tasks["mcp.generate_report"].track_started is True

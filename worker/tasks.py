@@ -86,6 +86,8 @@ def execute_tool(
     soft_time_limit=_settings.report_soft_time_limit,
     time_limit=_settings.report_time_limit,
     acks_late=True,
+    # A report runs for seconds: a producer polling its result sees STARTED meanwhile.
+    track_started=True,
 )
 def generate_report(
     self: Task,
