@@ -11,7 +11,7 @@ worker process the tests start) sees the test database and broker.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -168,3 +168,23 @@ def worker_proc(openai_fake: object) -> Iterator[object]:
     proc = start_worker(f"tests-{RUN_ID}", LOG_DIR)
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], None]]:
+    """Rebuilds this process's engine with a pool of exactly one connection (so each checkout gets
+    the same one) and the given DB_POOL_PING_IDLE_S; the test's own engine comes back afterwards."""
+    from worker.db import dispose_engine
+    from worker.settings import reset_settings
+
+    def build(ping_idle_s: float) -> None:
+        monkeypatch.setenv("DB_POOL_SIZE", "1")
+        monkeypatch.setenv("DB_MAX_OVERFLOW", "0")
+        monkeypatch.setenv("DB_POOL_PING_IDLE_S", str(ping_idle_s))
+        reset_settings()
+        dispose_engine()
+
+    yield build
+    dispose_engine()
+    monkeypatch.undo()
+    reset_settings()

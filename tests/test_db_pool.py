@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -20,10 +20,9 @@ from sqlalchemy.pool import NullPool
 from testenv import DEMO_HTTP_TOKEN
 
 from worker import executions
-from worker.db import dispose_engine, get_engine, session_scope
+from worker.db import get_engine, session_scope
 from worker.execute import run_tool_call
 from worker.registry import save_service
-from worker.settings import reset_settings
 
 
 def _backend_pid(connection: Connection) -> int:
@@ -46,24 +45,6 @@ def _cut(pid: int) -> None:
         raise AssertionError(f"backend {pid} did not go away")
     finally:
         admin.dispose()
-
-
-@pytest.fixture
-def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], None]]:
-    """Rebuilds this process's engine with a pool of exactly one connection (so each checkout gets
-    the same one) and the given DB_POOL_PING_IDLE_S; the test's own engine comes back afterwards."""
-
-    def build(ping_idle_s: float) -> None:
-        monkeypatch.setenv("DB_POOL_SIZE", "1")
-        monkeypatch.setenv("DB_MAX_OVERFLOW", "0")
-        monkeypatch.setenv("DB_POOL_PING_IDLE_S", str(ping_idle_s))
-        reset_settings()
-        dispose_engine()
-
-    yield build
-    dispose_engine()
-    monkeypatch.undo()
-    reset_settings()
 
 
 def test_a_connection_cut_while_idle_is_replaced_before_it_is_handed_out(

@@ -78,5 +78,12 @@ def test_the_pool_ping_window_defaults_to_one_second_and_zero_means_always() -> 
     assert Settings.from_env({"DB_POOL_PING_IDLE_S": "0"}).db_pool_ping_idle_s == 0.0
 
 
+def test_prepared_statements_are_on_unless_turned_off() -> None:
+    assert Settings.from_env({}).db_prepared_statements is True
+    assert Settings.from_env({"DB_PREPARED_STATEMENTS": "false"}).db_prepared_statements is False
+    with pytest.raises(ConfigurationError, match="DB_PREPARED_STATEMENTS must be true or false"):
+        Settings.from_env({"DB_PREPARED_STATEMENTS": "sometimes"})
+
+
 def test_openai_key_is_not_in_repr() -> None:
     assert "sk-test-123" not in repr(Settings.from_env({"OPENAI_API_KEY": "sk-test-123"}))

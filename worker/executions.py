@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from worker.db import get_engine
 from worker.models import McpExecution
+from worker.prepared import Prepared
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -174,16 +175,17 @@ def _claim_statement(dialect: str) -> Any:
 _WITH_LOOKUP: dict[int, Any] = {}
 
 
-def _claim_with_lookup(lookup: Any) -> Any:
+def _claim_with_lookup(lookup: Any) -> Prepared:
     """The claim and `lookup` as one PostgreSQL statement: the claim's upsert as a CTE, outer
     joined with the lookup's rows. No row: not claimed. Otherwise (id, attempts, *lookup columns)
-    per lookup row, or once with the lookup columns NULL when it found nothing."""
+    per lookup row, or once with the lookup columns NULL when it found nothing. Prepared (runs on
+    every task)."""
     stmt = _WITH_LOOKUP.get(id(lookup))
     if stmt is None:
         claim = _claim_statement("postgresql").cte("claim")
         found = lookup.subquery("found")
-        stmt = sa.select(claim.c.id, claim.c.attempts, *found.c).select_from(
-            claim.outerjoin(found, sa.true())
+        stmt = Prepared(
+            sa.select(claim.c.id, claim.c.attempts, *found.c).select_from(claim.outerjoin(found, sa.true()))
         )
         _WITH_LOOKUP[id(lookup)] = stmt
     return stmt
@@ -197,6 +199,10 @@ _FIND = sa.select(
     _table.c.execution_time_ms,
     _table.c.lease_expires_at,
 ).where(_table.c.task_id == sa.bindparam("b_task_id"))
+
+
+def _connection(db: Session | Connection) -> Connection:
+    return db if isinstance(db, Connection) else db.connection()
 
 
 def _dialect(db: Session | Connection) -> str:
@@ -237,7 +243,7 @@ def begin(
     }
     dialect = _dialect(session)
     if lookup is not None and dialect == "postgresql":
-        rows = session.execute(_claim_with_lookup(lookup), values).all()
+        rows: list[Any] = list(_claim_with_lookup(lookup).execute(_connection(session), values))
         if rows:
             found = tuple(tuple(row[2:]) for row in rows if row[2] is not None)
             return Begun(id=rows[0][0], attempts=rows[0][1], already_succeeded=False, looked_up=found)
@@ -290,7 +296,8 @@ def _succeed_statement(with_params: bool) -> Any:
     return sa.update(_table).where(_table.c.task_id == sa.bindparam("b_task_id")).values(**values)
 
 
-_SUCCEED = {True: _succeed_statement(True), False: _succeed_statement(False)}
+# Prepared: one of them runs on every task.
+_SUCCEED = {True: Prepared(_succeed_statement(True)), False: Prepared(_succeed_statement(False))}
 
 
 def succeed(
@@ -311,7 +318,7 @@ def succeed(
     }
     if params is not None:
         values["b_params"] = params
-    session.execute(_SUCCEED[params is not None], values)
+    _SUCCEED[params is not None].execute(_connection(session), values)
 
 
 def fail(

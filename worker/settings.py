@@ -119,6 +119,9 @@ class Settings:
     db_pool_pre_ping: bool = True
     # A pooled connection used less than this long ago is handed out without a ping (0: always ping).
     db_pool_ping_idle_s: float = 1.0
+    # The hot path's statements as server-side prepared statements (off behind PgBouncer in
+    # transaction mode, which hands each statement to any server connection).
+    db_prepared_statements: bool = True
     db_nullpool: bool = False
 
     secret_key: str | None = field(default=None, repr=False)
@@ -205,6 +208,7 @@ class Settings:
             db_max_overflow=_env_int(env, "DB_MAX_OVERFLOW", 30),
             db_pool_pre_ping=_env_bool(env, "DB_POOL_PRE_PING", True),
             db_pool_ping_idle_s=_env_float(env, "DB_POOL_PING_IDLE_S", 1.0, zero_ok=True),
+            db_prepared_statements=_env_bool(env, "DB_PREPARED_STATEMENTS", True),
             db_nullpool=_env_bool(env, "DB_NULLPOOL", False),
             secret_key=env.get("MCP_SECRET_KEY") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,

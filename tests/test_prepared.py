@@ -1,0 +1,144 @@
+"""The hot path's statements as PostgreSQL prepared statements (`worker.prepared`).
+
+Each pooled connection prepares the claim and the success write once; a connection that lost them
+(a new server backend behind a pooler, here `DEALLOCATE ALL`) prepares them again, a replaced
+connection starts afresh, and with DB_PREPARED_STATEMENTS off or inside a caller's transaction
+nothing is prepared. The rows are the same either way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from test_db_pool import _backend_pid, _cut
+
+from worker import executions, registry
+from worker.db import get_engine, session_scope
+from worker.registry import save_service
+from worker.settings import reset_settings
+
+PREPARED = sa.text("SELECT name, prepare_time FROM pg_prepared_statements ORDER BY name")
+
+
+def _service(user: str) -> None:
+    with session_scope() as session:
+        save_service(
+            session,
+            {
+                "user_id": user,
+                "desc": "prep-pm",
+                "interaction_mode": "http",
+                "url": "http://127.0.0.1:9/mcp",
+                "api_key": "prep-key-0001",
+                "params": {"project_id": 7},
+            },
+        )
+
+
+def _call(connection: Connection, user: str, task_id: str) -> tuple[executions.Begun, dict[str, datetime]]:
+    """The hot path's two statements, as `run_tool_call` runs them; then what is prepared."""
+    begun = executions.begin(
+        connection,
+        task_id=task_id,
+        user_id=user,
+        service="prep-pm",
+        tool="echo",
+        params={"message": "hi"},
+        owner="owner-a",
+        lease_seconds=60,
+        lookup=registry.LOOKUP,
+    )
+    executions.succeed(connection, task_id, result=["hi"], elapsed_ms=2, params={"message": "hi", "n": 1})
+    return begun, {row.name: row.prepare_time for row in connection.execute(PREPARED)}
+
+
+def _row(task_id: str) -> dict[str, Any]:
+    with session_scope() as session:
+        row = executions.get(session, task_id)
+        assert row is not None
+        return executions.as_dict(row)
+
+
+def _check(begun: executions.Begun, user: str, task_id: str) -> None:
+    assert begun.claimed and begun.attempts == 1
+    assert begun.looked_up is not None
+    config = registry.from_rows(begun.looked_up, user, "prep-pm")
+    assert (config.api_key, config.tool_defaults) == ("prep-key-0001", {"project_id": 7})
+    row = _row(task_id)
+    assert (row["status"], row["result"], row["params"]) == ("success", ["hi"], {"message": "hi", "n": 1})
+
+
+def test_each_connection_prepares_the_two_hot_statements_once(
+    one_connection: Callable[[float], None],
+) -> None:
+    one_connection(60)
+    user = f"prep-{uuid.uuid4().hex[:6]}"
+    _service(user)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    begun, prepared = executions.autocommit(lambda c: _call(c, user, first))
+    _check(begun, user, first)
+    assert len(prepared) == 2 and all(name.startswith("mcpw_") for name in prepared)
+    begun, again = executions.autocommit(lambda c: _call(c, user, second))
+    _check(begun, user, second)
+    assert again == prepared  # the same statements, not prepared a second time
+
+
+def test_a_connection_that_lost_its_statements_prepares_them_again(
+    one_connection: Callable[[float], None],
+) -> None:
+    one_connection(60)
+    user = f"prep-{uuid.uuid4().hex[:6]}"
+    _service(user)
+    executions.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
+    # What a pooler in transaction mode does: the next statement meets a server without them.
+    executions.autocommit(lambda c: c.exec_driver_sql("DEALLOCATE ALL"))
+    task_id = str(uuid.uuid4())
+    begun, prepared = executions.autocommit(lambda c: _call(c, user, task_id))
+    _check(begun, user, task_id)
+    assert len(prepared) == 2
+
+
+def test_a_replaced_connection_prepares_afresh(one_connection: Callable[[float], None]) -> None:
+    one_connection(60)
+    user = f"prep-{uuid.uuid4().hex[:6]}"
+    _service(user)
+    executions.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
+    first = executions.autocommit(_backend_pid)
+    _cut(first)
+    task_id = str(uuid.uuid4())
+    begun, prepared = executions.autocommit(lambda c: _call(c, user, task_id))
+    _check(begun, user, task_id)
+    assert len(prepared) == 2
+    assert executions.autocommit(_backend_pid) != first
+
+
+def test_turned_off_nothing_is_prepared(
+    one_connection: Callable[[float], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DB_PREPARED_STATEMENTS", "false")
+    one_connection(60)
+    user = f"prep-{uuid.uuid4().hex[:6]}"
+    _service(user)
+    task_id = str(uuid.uuid4())
+    begun, prepared = executions.autocommit(lambda c: _call(c, user, task_id))
+    _check(begun, user, task_id)
+    assert prepared == {}
+    reset_settings()
+
+
+def test_inside_a_transaction_nothing_is_prepared(one_connection: Callable[[float], None]) -> None:
+    # A failed EXECUTE would abort the caller's transaction, so only autocommit work is prepared.
+    one_connection(60)
+    user = f"prep-{uuid.uuid4().hex[:6]}"
+    _service(user)
+    task_id = str(uuid.uuid4())
+    with get_engine().begin() as connection:
+        begun, prepared = _call(connection, user, task_id)
+    _check(begun, user, task_id)
+    assert prepared == {}
