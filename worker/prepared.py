@@ -56,7 +56,7 @@ class _Compiled:
         for name in self.names:
             value = values[name] if name in values else self.constants[name]
             processor = self.processors.get(name)
-            out.append(processor(value) if processor is not None and value is not None else value)
+            out.append(processor(value) if processor is not None else value)
         return tuple(out)
 
 
