@@ -113,8 +113,6 @@ def _say(text: str) -> None:
 def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> dict[str, list[Any]]:
     from bench import cases
 
-    worker = env.start_worker("bench", env.concurrency)
-    probe = cases.CpuProbe(env, worker)
     raw: dict[str, list[Any]] = {}
 
     def record(key: str, fn: Callable[[], Any]) -> None:
@@ -129,8 +127,16 @@ def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> di
             shown = f"p50 {cases.percentile(value, 50):.1f} ms"
         _say(f"  {key:<30} {shown:>14}   ({time.monotonic() - started:.1f} s)")
 
+    worker = None
     try:
         for run in range(1, runs + 1):
+            # A fresh worker each round: a worker keeps one speed for its whole life (its main
+            # process's cost per task follows its hash seed, see the README), so the median of the
+            # rounds is a median over workers, not three looks at one.
+            if worker is not None:
+                env.stop(worker)
+            worker = env.start_worker(f"bench-r{run}", env.concurrency)
+            probe = cases.CpuProbe(env, worker)
             _say(f"round {run}/{runs} (load average {os.getloadavg()[0]:.2f})")
             record("ceiling", partial(cases.ceiling, env, probe, sizes.ceiling))
             for mode in TRANSPORTS:
@@ -147,7 +153,8 @@ def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> di
             for mode in TRANSPORTS:
                 record(f"latency/{mode}", partial(cases.latency, env, mode, sizes.latency))
     finally:
-        env.stop(worker)
+        if worker is not None:
+            env.stop(worker)
     return raw
 
 
