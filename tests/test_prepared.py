@@ -21,7 +21,6 @@ from test_db_pool import _backend_pid, _cut
 from worker import executions, registry
 from worker.db import get_engine, session_scope
 from worker.registry import save_service
-from worker.settings import reset_settings
 
 PREPARED = sa.text("SELECT name, prepare_time FROM pg_prepared_statements ORDER BY name")
 
@@ -39,6 +38,15 @@ def _service(user: str) -> None:
                 "params": {"project_id": 7},
             },
         )
+
+
+@pytest.fixture
+def user(one_connection: Callable[[float], None]) -> str:
+    """A user with the service `prep-pm`, on a pool of one connection (so each checkout is the same)."""
+    one_connection(60)
+    name = f"prep-{uuid.uuid4().hex[:6]}"
+    _service(name)
+    return name
 
 
 def _call(connection: Connection, user: str, task_id: str) -> tuple[executions.Begun, dict[str, datetime]]:
@@ -89,12 +97,7 @@ def test_each_connection_prepares_the_two_hot_statements_once(
     assert again == prepared  # the same statements, not prepared a second time
 
 
-def test_a_connection_that_lost_its_statements_prepares_them_again(
-    one_connection: Callable[[float], None],
-) -> None:
-    one_connection(60)
-    user = f"prep-{uuid.uuid4().hex[:6]}"
-    _service(user)
+def test_a_connection_that_lost_its_statements_prepares_them_again(user: str) -> None:
     executions.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
     # What a pooler in transaction mode does: the next statement meets a server without them.
     executions.autocommit(lambda c: c.exec_driver_sql("DEALLOCATE ALL"))
@@ -104,10 +107,7 @@ def test_a_connection_that_lost_its_statements_prepares_them_again(
     assert len(prepared) == 2
 
 
-def test_a_replaced_connection_prepares_afresh(one_connection: Callable[[float], None]) -> None:
-    one_connection(60)
-    user = f"prep-{uuid.uuid4().hex[:6]}"
-    _service(user)
+def test_a_replaced_connection_prepares_afresh(user: str) -> None:
     executions.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
     first = executions.autocommit(_backend_pid)
     _cut(first)
@@ -129,14 +129,10 @@ def test_turned_off_nothing_is_prepared(
     begun, prepared = executions.autocommit(lambda c: _call(c, user, task_id))
     _check(begun, user, task_id)
     assert prepared == {}
-    reset_settings()
 
 
-def test_inside_a_transaction_nothing_is_prepared(one_connection: Callable[[float], None]) -> None:
+def test_inside_a_transaction_nothing_is_prepared(user: str) -> None:
     # A failed EXECUTE would abort the caller's transaction, so only autocommit work is prepared.
-    one_connection(60)
-    user = f"prep-{uuid.uuid4().hex[:6]}"
-    _service(user)
     task_id = str(uuid.uuid4())
     with get_engine().begin() as connection:
         begun, prepared = _call(connection, user, task_id)
