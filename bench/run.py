@@ -131,8 +131,8 @@ def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> di
     try:
         for run in range(1, runs + 1):
             # A fresh worker each round: a worker keeps one speed for its whole life (its main
-            # process's cost per task follows its hash seed, see the README), so the median of the
-            # rounds is a median over workers, not three looks at one.
+            # process's cost per task follows its hash seed, among other things: see the README),
+            # so the median of the rounds is a median over workers, not three looks at one.
             if worker is not None:
                 env.stop(worker)
             worker = env.start_worker(f"bench-r{run}", env.concurrency)
