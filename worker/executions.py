@@ -172,7 +172,7 @@ def _claim_statement(dialect: str) -> Any:
     return stmt
 
 
-_WITH_LOOKUP: dict[int, Any] = {}
+_WITH_LOOKUP: dict[int, Prepared] = {}
 
 
 def _claim_with_lookup(lookup: Any) -> Prepared:
