@@ -102,7 +102,7 @@ def start_demo_server(
         wait_until(
             lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server on port {port}"
         )
-    except AssertionError:
+    except BaseException:  # a timeout, a dead process or ^C: leave nothing running
         proc.kill_group()
         raise
     if not proc.alive():
@@ -190,7 +190,7 @@ def start_worker(
 
     try:
         wait_until(answered, START_TIMEOUT_S, f"worker {hostname} to answer a ping", interval=0.2)
-    except AssertionError:
+    except BaseException:  # a timeout, a dead process or ^C: leave nothing running
         proc.kill_group()
         raise
     proc.name = hostname
@@ -216,7 +216,7 @@ def start_flower(log_dir: Path, env: Mapping[str, str], auth: str) -> tuple[Proc
 
     try:
         wait_until(ready, START_TIMEOUT_S, f"flower on port {port}", interval=0.2)
-    except AssertionError:
+    except BaseException:  # a timeout, a dead process or ^C: leave nothing running
         proc.kill_group()
         raise
     return proc, base

@@ -441,7 +441,7 @@ def wait_final(
 
     try:
         wait_until(done, timeout, f"{len(ids)} final rows", interval=0.25)
-    except AssertionError as exc:
+    except TimeoutError as exc:
         missing = len(ids) - len(seen)
         raise AssertionError(
             f"{exc}: {dict(by_status(seen))}, {missing} without a row\n{explain()}"

@@ -124,7 +124,21 @@ def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
     assert in_flight and QUEUED // 4 <= len(done_at_kill) < QUEUED, by_status(at_kill)
 
     second = start_worker(procs, "whole-kill-restarted", env)
-    final = wait_final(engine, task_ids, ROW_TIMEOUT_S, second.tail)
+
+    def explain() -> str:
+        # What a timeout needs to be told apart: messages still queued or held unacknowledged,
+        # the restarted worker's view, and whether the MCP server is still answering.
+        with redis_server.client() as broker:
+            held = f"queue {broker.llen('mcp.tools')}, unacked {broker.hlen('unacked')}"
+            held += f", restore lock {'held' if broker.exists('unacked_mutex') else 'free'}"
+        warnings = [line for line in second.log().splitlines() if " WARNING " in line or " ERROR " in line]
+        return (
+            f"broker: {held}\n--- restarted worker, warnings and errors ---\n"
+            + "\n".join(warnings[-20:])
+            + f"\n--- restarted worker, tail ---\n{second.tail(2000)}\n--- MCP server ---\n{server.proc.log()[-2000:]}"
+        )
+
+    final = wait_final(engine, task_ids, ROW_TIMEOUT_S, explain)
 
     assert by_status(final) == {"success": QUEUED}, by_status(final)
     assert set(row_counts(engine, task_ids).values()) == {1}

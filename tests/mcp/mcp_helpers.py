@@ -66,7 +66,7 @@ def start_demo(transport: str, *, token: str | None = None, port: int = 0) -> De
 
     try:
         url = wait_until(listening, START_TIMEOUT, f"the {transport} demo server")
-    except AssertionError:
+    except BaseException:  # a timeout, a dead process or ^C: leave nothing running
         popen.kill()
         popen.wait(STOP_TIMEOUT)
         raise
