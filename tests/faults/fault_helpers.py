@@ -442,9 +442,9 @@ def wait_final(
     try:
         wait_until(done, timeout, f"{len(ids)} final rows", interval=0.25)
     except TimeoutError as exc:
-        missing = len(ids) - len(seen)
+        missing = [t for t in ids if t not in seen]
         raise AssertionError(
-            f"{exc}: {dict(by_status(seen))}, {missing} without a row\n{explain()}"
+            f"{exc}: {dict(by_status(seen))}, {len(missing)} without a row {missing[:10]}\n{explain()}"
         ) from None
     return dict(seen)
 

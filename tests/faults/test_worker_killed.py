@@ -132,6 +132,9 @@ def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
             held = f"queue {broker.llen('mcp.tools')}, unacked {broker.hlen('unacked')}"
             held += f", restore lock {'held' if broker.exists('unacked_mutex') else 'free'}"
         warnings = [line for line in second.log().splitlines() if " WARNING " in line or " ERROR " in line]
+        missing = [t for t in task_ids if t not in rows(engine, task_ids)]
+        for name, log in (("killed", first.log()), ("restarted", second.log())):
+            warnings += [f"{name}: {line}" for line in log.splitlines() if any(t in line for t in missing)]
         return (
             f"broker: {held}\n--- restarted worker, warnings and errors ---\n"
             + "\n".join(warnings[-20:])
