@@ -144,3 +144,22 @@ def test_a_message_with_a_priority_is_taken_from_its_own_key(
     _publish(url, queue, {"urgent": True}, priority=9)
     assert client.llen(queue.name) == 0  # it sits on the queue's priority key, not the queue's own
     assert _consume(url, queue, 1) == [{"urgent": True}]
+
+
+def test_a_redis_that_refuses_the_script_and_blmove_falls_back_to_kombus_take(
+    url: str, client: redis.Redis, queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What an ACL without EVAL and BLMOVE (or a Redis older than 6.2) looks like to the worker.
+    user = f"mcp-worker-test-{uuid.uuid4().hex[:8]}"
+    client.acl_setuser(
+        user, enabled=True, nopass=True, keys=["*"], channels=["*"], commands=["+@all", "-eval", "-blmove"]
+    )
+    try:
+        limited = url.replace("redis://", f"redis://{user}:unused@", 1)
+        for n in range(3):
+            _publish(url, queue, {"n": n})
+        assert _consume(limited, queue, 3) == [{"n": n} for n in range(3)]
+    finally:
+        client.acl_deluser(user)
+    assert "falling back to Kombu's take" in caplog.text
+    assert client.hlen("unacked") == 0

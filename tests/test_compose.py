@@ -1,15 +1,19 @@
 """docker-compose.yml parses with the values of .env.example, refuses to run without the secrets,
-and publishes Flower on loopback only. Needs the `docker-compose` command (no engine), except the
-last test, which only reads the file."""
+publishes Flower on loopback only and gives each worker time to finish its tasks when stopped.
+Needs the `docker-compose` command (no engine), except the benchmark test, which only reads the
+file."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -103,3 +107,27 @@ def test_the_benchmark_runs_the_tools_worker_as_compose_does() -> None:
     text = COMPOSE_FILE.read_text()
     assert f'"-c", "${{WORKER_TOOLS_CONCURRENCY:-{PRODUCTION_CONCURRENCY}}}"' in text
     assert f"WORKER_TOOLS_CONCURRENCY={PRODUCTION_CONCURRENCY}" in ENV_EXAMPLE.read_text()
+
+
+def _seconds(duration: str) -> int:
+    """A compose duration such as `6m30s` in seconds."""
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration.strip("'\""))
+    assert match and any(match.groups()), duration
+    minutes, seconds = (int(part or 0) for part in match.groups())
+    return 60 * minutes + seconds
+
+
+@pytest.mark.parametrize(
+    ("service", "hard_limit"),
+    [("worker-tools", Settings.task_time_limit), ("worker-reports", Settings.report_time_limit)],
+)
+def test_a_worker_is_given_longer_to_stop_than_its_longest_task(
+    tmp_path: Path, service: str, hard_limit: int
+) -> None:
+    # Otherwise a deploy's SIGKILL cuts running calls off and they run a second time.
+    done = config(tmp_path, example_values())
+    assert done.returncode == 0, done.stderr
+    [grace] = [
+        line.split(":", 1)[1] for line in service_block(done.stdout, service) if "stop_grace_period" in line
+    ]
+    assert _seconds(grace.strip()) > hard_limit

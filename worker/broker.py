@@ -23,6 +23,7 @@ load this app keep the stock transport: the message format and queue keys are un
 
 from __future__ import annotations
 
+import logging
 import time
 from queue import Empty
 from typing import Any
@@ -32,6 +33,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ResponseError
+
+logger = logging.getLogger(__name__)
 
 # KEYS: the queue keys in the order to try, then the unacked index (a sorted set) and the unacked
 # hash. ARGV[1]: the time to record. Returns {key, message, 1} when the message was recorded,
@@ -79,6 +83,8 @@ class Channel(kombu_redis.Channel):
         self._pending: str | None = None
         self._take_next = True
         self._wait_turn = 0
+        # Set when Redis refuses the script or BLMOVE (older than 6.2, or an ACL without them).
+        self._stock_take = False
 
     def recorded_by_take(self, delivery_tag: str) -> bool:
         """True once for a message the take script recorded in `unacked` itself."""
@@ -88,7 +94,7 @@ class Channel(kombu_redis.Channel):
         return False
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if self.global_keyprefix:
+        if self.global_keyprefix or self._stock_take:
             self._pending = None
             return super()._brpop_start(timeout)
         if timeout is None:
@@ -123,6 +129,17 @@ class Channel(kombu_redis.Channel):
                 self.client.connection.disconnect()
                 self._take_next = True
                 raise
+            except ResponseError as exc:
+                # Nothing was taken (Redis refused the command itself): go on with Kombu's take.
+                logger.error(
+                    "Redis refused %s (%s): falling back to Kombu's take, which loses a message "
+                    "taken at the instant a worker is killed; use Redis 6.2 or later and allow "
+                    "EVAL and BLMOVE",
+                    self._pending,
+                    exc,
+                )
+                self._stock_take = True
+                raise Empty() from None
             if self._pending == "BLMOVE":
                 # A message is there (or the wait timed out): take on the next poll.
                 self._take_next = True
