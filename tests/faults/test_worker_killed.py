@@ -1,17 +1,21 @@
 """A worker killed with SIGKILL: one pool child in the middle of a tool call, or the whole worker
 with a queue of 200 tasks. Tasks come back (late acks: reject-on-worker-lost for a pool child, the
-Redis visibility timeout and restore sweep for a whole worker) and end in one row each."""
+Redis visibility timeout and restore sweep for a whole worker) and end in one row each. And the
+whole worker stopped with SIGTERM under the same load, which loses nothing and repeats nothing."""
 
 from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 
 import pytest
 import sqlalchemy as sa
 from fault_helpers import (
+    CountingServer,
     Procs,
     RedisServer,
+    Worker,
     add_service,
     by_status,
     row_counts,
@@ -91,31 +95,47 @@ WORKER_KILL = {
 QUEUED = 200
 
 
-def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
-    procs: Procs, redis_server: RedisServer, engine: sa.Engine
-) -> None:
+@dataclass
+class Queued:
+    server: CountingServer
+    env: dict[str, str]
+    first: Worker
+    task_ids: list[str]
+
+
+def queue_calls_and_wait_mid_call(
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine, name: str
+) -> Queued:
+    """Start a worker, queue QUEUED calls (every tenth takes a second) and return once a quarter
+    have succeeded and a one-second call is in progress on the server."""
     server = start_counting_server(procs)
     env = worker_env(redis_server.url(), **WORKER_KILL)
-    first = start_worker(procs, "whole-kill", env)
-    user = unique("queued")
+    first = start_worker(procs, name, env)
+    user = unique(name)
     add_service(engine, user, "counted", "streamable_http", server.url)
 
     task_ids = [unique(f"q{i:03d}") for i in range(QUEUED)]
     for i, task_id in enumerate(task_ids):
-        # Every tenth call takes a second, so some are in flight when the worker dies.
         seconds = 1 if i % 10 == 0 else 0
         submit_tool(
             user, "counted", "record", {"tag": task_id, "seconds": seconds}, task_id=task_id, app=first.app
         )
 
     def busy() -> bool:
-        # A quarter done and a one-second call in progress on the server: the kill lands mid-call.
         if by_status(rows(engine, task_ids))["success"] < QUEUED // 4:
             return False
         started, ended = server.calls(), server.ended()
         return any(started[t] > ended[t] for t in task_ids[::10])
 
     wait_until(busy, 120, "a quarter of the tasks done and a call in progress", interval=0.02)
+    return Queued(server, env, first, task_ids)
+
+
+def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine
+) -> None:
+    queued = queue_calls_and_wait_mid_call(procs, redis_server, engine, "whole-kill")
+    server, env, first, task_ids = queued.server, queued.env, queued.first, queued.task_ids
     os.killpg(first.pid, signal.SIGKILL)
     first.proc.stop(timeout=10)
     at_kill = rows(engine, task_ids)
@@ -158,3 +178,38 @@ def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
     assert answered_from_row <= set(task_ids)
     assert all(calls[t] == 1 for t in answered_from_row)
     assert tasks_logging(second.log(), "held by another delivery") <= in_flight
+
+
+# Longer than the longest call here (1 s) plus a worker's own shutdown.
+WARM_STOP_TIMEOUT_S = 30.0
+
+
+def test_a_worker_stopped_under_load_hands_back_what_it_took_and_nothing_runs_twice(
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine
+) -> None:
+    # A deploy or a scale-down: the calls it is running finish, the messages it had taken go back
+    # to the queue, and a new worker finishes the rest. Unlike a SIGKILL, nothing runs twice.
+    queued = queue_calls_and_wait_mid_call(procs, redis_server, engine, "warm-stop")
+    server, env, first, task_ids = queued.server, queued.env, queued.first, queued.task_ids
+    first.proc.popen.send_signal(signal.SIGTERM)
+    code = first.proc.popen.wait(timeout=WARM_STOP_TIMEOUT_S)
+    assert code == 0, first.tail()
+    at_stop = rows(engine, task_ids)
+    # A warm shutdown waits for the calls it is running: no row is left behind as `running`.
+    assert set(by_status(at_stop)) == {"success"}, by_status(at_stop)
+    assert QUEUED // 4 <= len(at_stop) < QUEUED, len(at_stop)
+
+    second = start_worker(procs, "warm-stop-restarted", env)
+
+    def explain() -> str:
+        with redis_server.client() as broker:
+            held = f"queue {broker.llen('mcp.tools')}, unacked {broker.hlen('unacked')}"
+        return f"broker: {held}\n--- stopped worker ---\n{first.tail()}\n--- restarted worker ---\n{second.tail()}"
+
+    final = wait_final(engine, task_ids, ROW_TIMEOUT_S, explain)
+    assert by_status(final) == {"success": QUEUED}, by_status(final)
+    assert set(row_counts(engine, task_ids).values()) == {1}
+    calls = server.calls()
+    twice = {t: calls[t] for t in task_ids if calls[t] != 1}
+    assert twice == {}, twice
+    assert all(final[t]["attempts"] == 1 for t in task_ids)
