@@ -15,7 +15,8 @@ but leaves it where it was, and then takes it with the script. The wait watches 
 time, the default-priority key of each consumed queue in turn: a message on another queue or with
 a non-default priority, arriving while the worker is idle, waits up to the poll timeout (1 s).
 
-`install()` makes this the transport of `redis://` and `rediss://` URLs in the process, so the
+`install()` makes this the transport of `redis://` and `rediss://` URLs (`sentinel://` keeps
+Kombu's) in the process, so the
 URL, and the tools that read it (Flower's queue lengths), stay as they are. Producers that do not
 load this app keep the stock transport: the message format and queue keys are unchanged. With a
 `global_keyprefix` the stock take is used.
