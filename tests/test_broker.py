@@ -163,3 +163,20 @@ def test_a_redis_that_refuses_the_script_and_blmove_falls_back_to_kombus_take(
         client.acl_deluser(user)
     assert "falling back to Kombu's take" in caplog.text
     assert client.hlen("unacked") == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (redis.exceptions.ResponseError("ERR unknown command 'BLMOVE', with args beginning with: "), True),
+        (redis.exceptions.NoPermissionError("User x has no permissions to run the 'eval' command"), True),
+        (redis.exceptions.ReadOnlyError("You can't write against a read only replica."), False),
+        (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), False),
+    ],
+)
+def test_only_a_missing_or_forbidden_command_switches_to_kombus_take(
+    error: redis.exceptions.ResponseError, refused: bool
+) -> None:
+    # A failover replica or a full Redis is a passing state: it must not cost the atomic take for
+    # the rest of the worker's life.
+    assert broker._refused(error) is refused

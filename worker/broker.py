@@ -16,10 +16,10 @@ time, the default-priority key of each consumed queue in turn: a message on anot
 a non-default priority, arriving while the worker is idle, waits up to the poll timeout (1 s).
 
 `install()` makes this the transport of `redis://` and `rediss://` URLs (`sentinel://` keeps
-Kombu's) in the process, so the
-URL, and the tools that read it (Flower's queue lengths), stay as they are. Producers that do not
-load this app keep the stock transport: the message format and queue keys are unchanged. With a
-`global_keyprefix` the stock take is used.
+Kombu's) in the process, so the URL, and the tools that read it (Flower's queue lengths), stay as
+they are. Producers that do not load this app keep the stock transport: the message format and
+queue keys are unchanged. With a `global_keyprefix`, or a Redis that refuses `EVAL` or `BLMOVE`,
+the stock take is used.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,9 @@ class Channel(kombu_redis.Channel):
                 self._take_next = True
                 raise
             except ResponseError as exc:
+                self._take_next = True
+                if not _refused(exc):
+                    raise  # READONLY, OOM, MISCONF ...: as Kombu's BRPOP would meet them
                 # Nothing was taken (Redis refused the command itself): go on with Kombu's take.
                 logger.error(
                     "Redis refused %s (%s): falling back to Kombu's take, which loses a message "
@@ -160,6 +163,11 @@ class Channel(kombu_redis.Channel):
             self._pending = None
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
+
+
+def _refused(error: ResponseError) -> bool:
+    """True when Redis does not have the command or the ACL does not allow it."""
+    return isinstance(error, NoPermissionError) or "unknown command" in str(error).lower()
 
 
 class Transport(kombu_redis.Transport):
