@@ -1,6 +1,7 @@
 """worker.broker, against a real Redis: a message taken by a worker is in `unacked` before the
-worker has read it, so a worker that dies at that instant loses nothing; and messages still flow
-in order, wait when the queue is empty, and keep their priorities."""
+worker has read it, so a worker that dies at that instant loses nothing; messages still flow in
+order, wait when the queue is empty, and keep their priorities; and a Redis that refuses the
+script or BLMOVE gets Kombu's own take."""
 
 from __future__ import annotations
 
