@@ -131,6 +131,14 @@ def queue_calls_and_wait_mid_call(
     return Queued(server, env, first, task_ids)
 
 
+def broker_state(redis_server: RedisServer) -> str:
+    """What a timeout needs to be told apart: messages still queued, held unacknowledged, and
+    whether a dead worker left the restore sweep's lock behind."""
+    with redis_server.client() as broker:
+        lock = "held" if broker.exists("unacked_mutex") else "free"
+        return f"queue {broker.llen('mcp.tools')}, unacked {broker.hlen('unacked')}, restore lock {lock}"
+
+
 def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
     procs: Procs, redis_server: RedisServer, engine: sa.Engine
 ) -> None:
@@ -146,17 +154,14 @@ def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
     second = start_worker(procs, "whole-kill-restarted", env)
 
     def explain() -> str:
-        # What a timeout needs to be told apart: messages still queued or held unacknowledged,
-        # the restarted worker's view, and whether the MCP server is still answering.
-        with redis_server.client() as broker:
-            held = f"queue {broker.llen('mcp.tools')}, unacked {broker.hlen('unacked')}"
-            held += f", restore lock {'held' if broker.exists('unacked_mutex') else 'free'}"
+        # The broker, the restarted worker's view, and whether the MCP server is still answering.
         warnings = [line for line in second.log().splitlines() if " WARNING " in line or " ERROR " in line]
-        missing = [t for t in task_ids if t not in rows(engine, task_ids)]
+        found = rows(engine, task_ids)
+        missing = [t for t in task_ids if t not in found]
         for name, log in (("killed", first.log()), ("restarted", second.log())):
             warnings += [f"{name}: {line}" for line in log.splitlines() if any(t in line for t in missing)]
         return (
-            f"broker: {held}\n--- restarted worker, warnings and errors ---\n"
+            f"broker: {broker_state(redis_server)}\n--- restarted worker, warnings and errors ---\n"
             + "\n".join(warnings[-20:])
             + f"\n--- restarted worker, tail ---\n{second.tail(2000)}\n--- MCP server ---\n{server.proc.log()[-2000:]}"
         )
@@ -202,9 +207,8 @@ def test_a_worker_stopped_under_load_hands_back_what_it_took_and_nothing_runs_tw
     second = start_worker(procs, "warm-stop-restarted", env)
 
     def explain() -> str:
-        with redis_server.client() as broker:
-            held = f"queue {broker.llen('mcp.tools')}, unacked {broker.hlen('unacked')}"
-        return f"broker: {held}\n--- stopped worker ---\n{first.tail()}\n--- restarted worker ---\n{second.tail()}"
+        state = broker_state(redis_server)
+        return f"broker: {state}\n--- stopped worker ---\n{first.tail()}\n--- restarted worker ---\n{second.tail()}"
 
     final = wait_final(engine, task_ids, ROW_TIMEOUT_S, explain)
     assert by_status(final) == {"success": QUEUED}, by_status(final)
