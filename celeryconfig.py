@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery.schedules import crontab
 from kombu import Exchange, Queue
 
+from worker import names
 from worker.settings import get_settings
 
 _settings = get_settings()
@@ -71,35 +72,32 @@ task_soft_time_limit = _settings.task_soft_time_limit
 worker_send_task_events = True
 task_send_sent_event = True
 
-task_default_queue = "mcp.tools"
-task_queues = (
-    Queue("mcp.tools", Exchange("mcp.tools"), routing_key="mcp.tools"),
-    Queue("mcp.reports", Exchange("mcp.reports"), routing_key="mcp.reports"),
-    Queue("mcp.schedule", Exchange("mcp.schedule"), routing_key="mcp.schedule"),
+task_default_queue = names.TOOLS_QUEUE
+task_queues = tuple(
+    Queue(queue, Exchange(queue), routing_key=queue)
+    for queue in (names.TOOLS_QUEUE, names.REPORTS_QUEUE, names.SCHEDULE_QUEUE)
 )
 task_routes = {
-    "mcp.execute_tool": {"queue": "mcp.tools", "routing_key": "mcp.tools"},
-    "mcp.generate_report": {"queue": "mcp.reports", "routing_key": "mcp.reports"},
-    "mcp.dispatch_due_reports": {"queue": "mcp.schedule", "routing_key": "mcp.schedule"},
-    "mcp.*": {"queue": "mcp.schedule", "routing_key": "mcp.schedule"},
+    **{task: {"queue": queue, "routing_key": queue} for task, queue in names.QUEUE_OF.items()},
+    "mcp.*": {"queue": names.SCHEDULE_QUEUE, "routing_key": names.SCHEDULE_QUEUE},
 }
 
 beat_schedule: dict[str, dict[str, object]] = {
     "dispatch-due-reports": {
-        "task": "mcp.dispatch_due_reports",
+        "task": names.DISPATCH_DUE_REPORTS,
         "schedule": crontab(minute="*"),
         # A tick older than a minute is stale: the next one does its work.
-        "options": {"queue": "mcp.schedule", "expires": 55},
+        "options": {"queue": names.SCHEDULE_QUEUE, "expires": 55},
     },
     "reap-stuck-executions": {
-        "task": "mcp.reap_stuck_executions",
+        "task": names.REAP_STUCK_EXECUTIONS,
         "schedule": crontab(minute="*/5"),
-        "options": {"queue": "mcp.schedule", "expires": 240},
+        "options": {"queue": names.SCHEDULE_QUEUE, "expires": 240},
     },
     "prune-old-records": {
-        "task": "mcp.prune_old_records",
+        "task": names.PRUNE_OLD_RECORDS,
         "schedule": crontab(hour=3, minute=17),
-        "options": {"queue": "mcp.schedule", "expires": 3600},
+        "options": {"queue": names.SCHEDULE_QUEUE, "expires": 3600},
     },
 }
 beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")

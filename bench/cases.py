@@ -27,8 +27,8 @@ from bench.clients import client_for
 from bench.env import QUEUE, USER, BenchEnv
 from bench.procs import Proc, children, cpu_seconds, postgres_backends, rss_kib, socket_count
 from worker.loopback import wait_until
+from worker.names import EXECUTE_TOOL
 
-EXECUTE_TOOL = "mcp.execute_tool"
 DRAIN_TIMEOUT_S = 600.0
 CONTROL_TIMEOUT_S = 5.0
 # About what one pooled `echo` call keeps a pool process waiting (its `execution_time_ms`).
@@ -206,8 +206,8 @@ def _tool_kwargs(mode: str, n: int, user: str = USER) -> list[dict[str, Any]]:
 
 
 def _count_success(ids: list[str]) -> int:
-    from worker.db import session_scope
-    from worker.models import McpExecution
+    from worker.db.engine import session_scope
+    from worker.db.models import McpExecution
 
     total = 0
     with session_scope() as session:
@@ -274,8 +274,8 @@ def naive(env: BenchEnv, probe: CpuProbe, mode: str, n: int) -> Drained:
 
 def latency(env: BenchEnv, mode: str, n: int, warmup: int = 5) -> list[float]:
     """Enqueue -> the row's `finished_at`, one call at a time on an idle worker (milliseconds)."""
-    from worker.db import session_scope
-    from worker.models import McpExecution
+    from worker.db.engine import session_scope
+    from worker.db.models import McpExecution
 
     app = _app()
     samples = []

@@ -23,14 +23,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench.procs import Proc, spawn
+from worker import names
 from worker.loopback import free_port, port_open, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 START_TIMEOUT_S = 60.0
-STDIO_COMMAND = f"{sys.executable} -m worker.demo_server --transport stdio"
+STDIO_COMMAND = f"{sys.executable} -m worker.demo.server --transport stdio"
 # The worker's queue and the bench's user ids.
-QUEUE = "mcp.tools"
+QUEUE = names.TOOLS_QUEUE
 USER = "bench"
 MEMORY_USERS = 100
 
@@ -75,8 +76,8 @@ class BenchEnv:
             # services; other settings pass through (they are the operator's to benchmark).
             for name in ("MCP_CONFIG_FILE", "MCP_ALLOWED_HOSTS"):
                 os.environ.pop(name, None)
-            from worker import schema
-            from worker.db import dispose_engine
+            from worker.db import schema
+            from worker.db.engine import dispose_engine
             from worker.settings import reset_settings
 
             # In case anything read the settings before the environment was set.
@@ -143,7 +144,7 @@ class BenchEnv:
 
     def _start_demo(self, transport: str) -> str:
         port = free_port()
-        argv = [sys.executable, "-m", "worker.demo_server", "--transport", transport, "--port", str(port)]
+        argv = [sys.executable, "-m", "worker.demo.server", "--transport", transport, "--port", str(port)]
         proc = spawn(f"demo-{transport}", argv, os.environ, self.log_dir)
         self.procs.append(proc)
         self.demo_servers.append(proc)
@@ -153,8 +154,8 @@ class BenchEnv:
         return f"http://127.0.0.1:{port}{'/sse' if transport == 'sse' else '/mcp'}"
 
     def _add_services(self) -> None:
-        from worker.db import session_scope
-        from worker.registry import save_service
+        from worker.db.engine import session_scope
+        from worker.services.store import save_service
 
         def record(user: str, desc: str, mode: str, url: str, key: str) -> dict[str, Any]:
             return {"user_id": user, "desc": desc, "interaction_mode": mode, "url": url, "api_key": key}
@@ -221,7 +222,7 @@ class BenchEnv:
         self.procs.clear()
         with contextlib.suppress(Exception):
             from worker import mcp
-            from worker.db import dispose_engine
+            from worker.db.engine import dispose_engine
 
             mcp.shutdown_runtime()
             dispose_engine()

@@ -24,27 +24,28 @@ from typing import Any
 from celery import Task
 
 from bench.clients import TOOL, client_for, result_text
-from worker import mcp
+from worker import mcp, names
 from worker.celery import app
-from worker.execute import run_tool_call
+from worker.execution.call import run_tool_call
 from worker.mcp import ToolOutcome
-from worker.registry import ServiceConfig, resolve
+from worker.services.config import ServiceConfig
+from worker.services.registry import resolve
 
 _configs: dict[tuple[str, str], ServiceConfig] = {}
 
 
-@app.task(name="bench.noop", queue="mcp.tools", acks_late=True)
+@app.task(name="bench.noop", queue=names.TOOLS_QUEUE, acks_late=True)
 def noop() -> None:
     """Nothing: the cost of the task machinery alone."""
 
 
-@app.task(name="bench.wait", queue="mcp.tools", acks_late=True)
+@app.task(name="bench.wait", queue=names.TOOLS_QUEUE, acks_late=True)
 def wait(ms: float) -> None:
     """Sleep `ms` milliseconds: no CPU, only the time an I/O-bound call keeps a pool process."""
     time.sleep(ms / 1000)
 
 
-@app.task(name="bench.naive_call", queue="mcp.tools", acks_late=True)
+@app.task(name="bench.naive_call", queue=names.TOOLS_QUEUE, acks_late=True)
 def naive_call(mode: str, target: str, message: str) -> str:
     """Open a client, call `echo` once, close it: one server start-up (stdio) or HTTP client per call."""
 
@@ -58,7 +59,7 @@ def naive_call(mode: str, target: str, message: str) -> str:
     return asyncio.run(once())
 
 
-@app.task(name="bench.pooled_call", queue="mcp.tools", acks_late=True)
+@app.task(name="bench.pooled_call", queue=names.TOOLS_QUEUE, acks_late=True)
 def pooled_call(user_id: str, service: str, message: str) -> Any:
     """`echo` through the worker's pooled session, without any database work."""
     key = (user_id, service)
@@ -83,7 +84,7 @@ def _answered_in_process() -> Iterator[None]:
         mcp.call_tool = real
 
 
-@app.task(name="bench.rows_only", bind=True, queue="mcp.tools", acks_late=True)
+@app.task(name="bench.rows_only", bind=True, queue=names.TOOLS_QUEUE, acks_late=True)
 def rows_only(self: Task, user_id: str, service: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """`mcp.execute_tool`'s code path with the MCP call answered in process."""
     with _answered_in_process():

@@ -7,8 +7,8 @@ from logging.config import fileConfig
 import sqlalchemy as sa
 from alembic import context
 
-from worker.db import create_engine_for
-from worker.models import Base
+from worker.db.engine import create_engine_for
+from worker.db.models import Base
 from worker.settings import get_settings
 
 config = context.config

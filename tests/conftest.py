@@ -56,7 +56,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"Redis is not reachable at {BROKER_URL} ({type(exc).__name__}: {exc}). Start Redis or set REDIS_URL."
         )
 
-    from worker import schema
+    from worker.db import schema
 
     schema.upgrade(TEST_DB_URL)
 
@@ -64,7 +64,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         from worker import mcp
-        from worker.db import dispose_engine
+        from worker.db.engine import dispose_engine
 
         mcp.shutdown_runtime()
         dispose_engine()
@@ -85,7 +85,7 @@ def db_session() -> Iterator[sa.orm.Session]:
     """A session in a transaction that is rolled back after the test (nothing persists)."""
     from sqlalchemy.orm import Session
 
-    from worker.db import get_engine
+    from worker.db.engine import get_engine
 
     connection = get_engine().connect()
     transaction = connection.begin()
@@ -101,8 +101,8 @@ def db_session() -> Iterator[sa.orm.Session]:
 @pytest.fixture
 def clean_db() -> Iterator[None]:
     """Empty every table before the test, for tests whose writes happen in other processes."""
-    from worker.db import get_engine
-    from worker.models import Base
+    from worker.db.engine import get_engine
+    from worker.db.models import Base
 
     def truncate() -> None:
         with get_engine().begin() as conn:
@@ -174,7 +174,7 @@ def worker_proc(openai_fake: object) -> Iterator[object]:
 def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], None]]:
     """Rebuilds this process's engine with a pool of exactly one connection (so each checkout gets
     the same one) and the given DB_POOL_PING_IDLE_S; the test's own engine comes back afterwards."""
-    from worker.db import dispose_engine
+    from worker.db.engine import dispose_engine
     from worker.settings import reset_settings
 
     def build(ping_idle_s: float) -> None:

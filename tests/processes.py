@@ -92,7 +92,7 @@ def start_demo_server(
 ) -> tuple[Proc, str]:
     """Start the bundled demo server over HTTP (`sse` or `streamable-http`); returns it and its URL."""
     port = free_port()
-    argv = [sys.executable, "-m", "worker.demo_server", "--transport", transport, "--port", str(port)]
+    argv = [sys.executable, "-m", "worker.demo.server", "--transport", transport, "--port", str(port)]
     if token:
         argv += ["--token", token]
     if test_tools:

@@ -12,11 +12,11 @@ import sqlalchemy as sa
 from processes import spawn, wait_until
 from testenv import DATA_DIR, DEMO_HTTP_TOKEN, LOG_DIR
 
-from worker.db import session_scope
-from worker.models import McpExecution, McpReport
-from worker.registry import save_service
-from worker.schedule_math import period_for_slot
-from worker.scheduling import add_schedule
+from worker.db.engine import session_scope
+from worker.db.models import McpExecution, McpReport
+from worker.scheduling.cron import period_for_slot
+from worker.scheduling.schedules import add_schedule
+from worker.services.store import save_service
 
 # Three minute boundaries; each slot must be dispatched exactly once although two beats tick.
 SLOTS_TO_WATCH = 3

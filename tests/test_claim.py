@@ -5,17 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
 from sqlalchemy.orm import Session
 
-from worker import executions, registry
 from worker.errors import ServiceNotFound
-from worker.registry import save_service
+from worker.execution import audit
+from worker.execution.claim import Claim, claim
+from worker.services import registry
+from worker.services.store import save_service
+from worker.settings import get_settings
 
 
-def _claim(session: Session, task_id: str, user: str, desc: str, owner: str = "owner-a") -> executions.Begun:
-    return executions.begin(
-        session,
+def _claim(session: Session, task_id: str, user: str, desc: str, owner: str = "owner-a") -> Claim:
+    values = audit.claim_values(
         task_id=task_id,
         user_id=user,
         service=desc,
@@ -23,8 +24,8 @@ def _claim(session: Session, task_id: str, user: str, desc: str, owner: str = "o
         params={"message": "hi"},
         owner=owner,
         lease_seconds=60,
-        lookup=registry.LOOKUP,
     )
+    return claim(session.connection(), values, get_settings())
 
 
 def _service(session: Session, user: str, key: str, **extra: Any) -> None:
@@ -46,11 +47,10 @@ def test_the_claim_brings_the_users_and_the_global_row(db_session: Session) -> N
     _service(db_session, "global", "global-key-0001")
     _service(db_session, user, "erin-key-0001", params={"project_id": 3})
 
-    begun = _claim(db_session, str(uuid.uuid4()), user, "shared-pm")
-    assert begun.claimed and begun.attempts == 1
-    assert begun.looked_up is not None
-    assert sorted(row[1] for row in begun.looked_up) == sorted(["global", user])
-    chosen = registry.from_rows(begun.looked_up, user, "shared-pm")
+    claimed = _claim(db_session, str(uuid.uuid4()), user, "shared-pm")
+    assert claimed.claimed and claimed.row.attempts == 1 and claimed.service_error is None
+    chosen = claimed.service
+    assert chosen is not None
     assert (chosen.user_id, chosen.api_key, chosen.tool_defaults) == (
         user,
         "erin-key-0001",
@@ -58,19 +58,15 @@ def test_the_claim_brings_the_users_and_the_global_row(db_session: Session) -> N
     )
     # Another user sees the global row; the answer is what `resolve` gives.
     other = _claim(db_session, str(uuid.uuid4()), "someone-else", "shared-pm")
-    assert other.looked_up is not None
-    assert registry.from_rows(other.looked_up, "someone-else", "shared-pm") == registry.resolve(
-        "someone-else", "shared-pm", db_session
-    )
+    assert other.service == registry.resolve("someone-else", "shared-pm", db_session)
 
 
-def test_a_claim_for_an_unknown_service_still_claims_and_finds_nothing(db_session: Session) -> None:
+def test_a_claim_for_an_unknown_service_still_claims_and_says_why(db_session: Session) -> None:
     task_id = str(uuid.uuid4())
-    begun = _claim(db_session, task_id, "frank", "no-such-service")
-    assert begun.claimed and begun.looked_up == ()
-    with pytest.raises(ServiceNotFound):
-        registry.from_rows(begun.looked_up, "frank", "no-such-service")
-    row = executions.get(db_session, task_id)
+    claimed = _claim(db_session, task_id, "frank", "no-such-service")
+    assert claimed.claimed and claimed.service is None
+    assert isinstance(claimed.service_error, ServiceNotFound)
+    row = audit.get(db_session, task_id)
     assert row is not None and row.status == "running"
 
 
@@ -79,6 +75,7 @@ def test_a_row_held_by_another_owner_is_not_claimed_and_nothing_is_looked_up(db_
     _service(db_session, "global", "global-key-0001")
     assert _claim(db_session, task_id, "gina", "shared-pm", owner="owner-a").claimed
     held = _claim(db_session, task_id, "gina", "shared-pm", owner="owner-b")
-    assert not held.claimed and held.held_until is not None and held.looked_up is None
+    assert not held.claimed and held.row.held_until is not None
+    assert held.service is None and held.service_error is None
     again = _claim(db_session, task_id, "gina", "shared-pm", owner="owner-a")
-    assert again.claimed and again.attempts == 2 and again.looked_up is not None
+    assert again.claimed and again.row.attempts == 2 and again.service is not None

@@ -9,9 +9,10 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.orm import Session
 
+from worker.db.models import McpService
 from worker.errors import InvalidService
-from worker.models import McpService
-from worker.registry import reencrypt_all, resolve, save_service
+from worker.services.registry import resolve
+from worker.services.store import reencrypt_all, save_service
 from worker.settings import reset_settings
 
 KEY_A = Fernet.generate_key().decode()

@@ -1,7 +1,7 @@
 """The connection pool's liveness check and the hot path's one retry on a dead connection.
 
 A pooled connection is pinged only when it sat idle longer than `DB_POOL_PING_IDLE_S`; one that
-dies inside that window fails its statement as a disconnect, and `executions.autocommit` (the
+dies inside that window fails its statement as a disconnect, and `engine.autocommit` (the
 claim and the success write) then runs once more on a new connection. Connections are cut here
 the way a database restart cuts them: `pg_terminate_backend` on the server side.
 """
@@ -19,10 +19,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 from testenv import DEMO_HTTP_TOKEN
 
-from worker import executions
-from worker.db import get_engine, session_scope
-from worker.execute import run_tool_call
-from worker.registry import save_service
+from worker.db import engine
+from worker.db.engine import get_engine, session_scope
+from worker.execution import audit
+from worker.execution.call import run_tool_call
+from worker.services.store import save_service
 
 
 def _backend_pid(connection: Connection) -> int:
@@ -79,10 +80,10 @@ def test_the_hot_path_runs_once_more_on_a_new_connection(
     one_connection: Callable[[float], None], caplog: pytest.LogCaptureFixture
 ) -> None:
     one_connection(60)
-    first = executions.autocommit(_backend_pid)
+    first = engine.autocommit(_backend_pid)
     _cut(first)
-    with caplog.at_level(logging.WARNING, logger="worker.executions"):
-        second = executions.autocommit(_backend_pid)
+    with caplog.at_level(logging.WARNING, logger="worker.db.engine"):
+        second = engine.autocommit(_backend_pid)
     assert second != first
     assert "database connection was lost" in caplog.text
 
@@ -96,7 +97,7 @@ def test_other_database_errors_are_not_retried(one_connection: Callable[[float],
         connection.execute(sa.text("SELECT no_such_column FROM mcp_executions"))
 
     with pytest.raises(sa.exc.ProgrammingError):
-        executions.autocommit(broken)
+        engine.autocommit(broken)
     assert len(calls) == 1
 
 
@@ -130,6 +131,6 @@ def test_a_tool_call_after_a_cut_records_its_row(
     )
     assert outcome.status == "success"
     with session_scope() as session:
-        row = executions.get(session, task_id)
+        row = audit.get(session, task_id)
         assert row is not None
         assert (row.status, row.attempts, row.result) == ("success", 1, outcome.result)

@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from worker.demo_server import DATA_FILE
+from worker.demo.server import DATA_FILE
 
 # The bound for one demo run; the subprocess timeout is a little above it.
 DEMO_BOUND_S = 90

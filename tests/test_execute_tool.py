@@ -16,14 +16,14 @@ import pytest
 from processes import start_demo_server, wait_until
 from testenv import BROKER_URL, DEMO_HTTP_TOKEN, DEMO_SSE_TOKEN, LOG_DIR
 
-from worker import executions
 from worker.client import submit_tool
-from worker.db import session_scope
+from worker.db.engine import session_scope
+from worker.db.models import McpService
 from worker.errors import InvalidArguments
-from worker.models import McpService
-from worker.registry import save_service
+from worker.execution import audit
+from worker.services.store import save_service
 
-STDIO_COMMAND = f"{shlex.quote(sys.executable)} -m worker.demo_server --transport stdio --test-tools"
+STDIO_COMMAND = f"{shlex.quote(sys.executable)} -m worker.demo.server --transport stdio --test-tools"
 # Generous bounds for waits on a shared 2-core machine; nothing asserts on time.
 ROW_TIMEOUT_S = 90.0
 
@@ -49,9 +49,9 @@ def add_service(user: str, desc: str, mode: str, url: str | None, key: str, **ex
 def final_row(task_id: str, timeout: float = ROW_TIMEOUT_S) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         with session_scope() as session:
-            row = executions.get(session, task_id)
+            row = audit.get(session, task_id)
             if row is not None and row.status in ("success", "error"):
-                return executions.as_dict(row)
+                return audit.as_dict(row)
         return None
 
     return wait_until(done, timeout, f"execution row of {task_id}", interval=0.1)  # type: ignore[no-any-return]
@@ -145,7 +145,7 @@ def test_the_same_task_id_twice_gives_one_row_and_one_call(services: str, worker
     with session_scope() as session:
         from sqlalchemy import func, select
 
-        from worker.models import McpExecution
+        from worker.db.models import McpExecution
 
         count = session.scalar(select(func.count()).where(McpExecution.task_id == task_id))
     row = final_row(task_id)
@@ -245,7 +245,7 @@ def test_a_running_call_is_running_in_its_row_and_pending_in_the_result_backend(
 
     def running() -> bool:
         with session_scope() as session:
-            row = executions.get(session, result.id)
+            row = audit.get(session, result.id)
             return row is not None and row.status == "running"
 
     wait_until(running, ROW_TIMEOUT_S, f"execution row of {result.id} to say running", interval=0.05)

@@ -25,11 +25,11 @@ from celery import Celery
 from processes import free_port, start_demo_server, start_flower, start_worker, wait_until
 from testenv import LOG_DIR, OPENAI_TEST_KEY, RUN_ID, extra_redis_url
 
-from worker import executions
 from worker.client import submit_report, submit_tool
-from worker.db import get_engine, session_scope
-from worker.models import Base
-from worker.registry import save_service
+from worker.db.engine import get_engine, session_scope
+from worker.db.models import Base
+from worker.execution import audit
+from worker.services.store import save_service
 
 CANARY = "sk-live-CANARY-7f3a9c2e1b5d"
 FLOWER_AUTH = "ops:flower-password-for-the-leak-test"
@@ -96,9 +96,9 @@ def leak_env(openai_fake: Any, clean_db: None, monkeypatch: pytest.MonkeyPatch) 
 def final(task_id: str) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         with session_scope() as session:
-            row = executions.get(session, task_id)
+            row = audit.get(session, task_id)
             if row is not None and row.status in ("success", "error"):
-                return executions.as_dict(row)
+                return audit.as_dict(row)
         return None
 
     return wait_until(done, TIMEOUT_S, f"row {task_id}", interval=0.2)  # type: ignore[no-any-return]
@@ -140,7 +140,7 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
         for desc, mode, url in (
             ("ok", "streamable_http", leak_env["demo_url"]),
             ("down", "streamable_http", f"http://127.0.0.1:{free_port()}/mcp"),
-            ("stdio", "stdio", f"{sys.executable} -m worker.demo_server --transport stdio --test-tools"),
+            ("stdio", "stdio", f"{sys.executable} -m worker.demo.server --transport stdio --test-tools"),
         ):
             save_service(
                 session,

@@ -14,9 +14,9 @@ import pytest
 from processes import Proc, start_demo_server, start_flower, wait_until
 from testenv import LOG_DIR, RUN_ID
 
-from worker import executions
-from worker.db import session_scope
-from worker.registry import remove_service, save_service
+from worker.db.engine import session_scope
+from worker.execution import audit
+from worker.services.store import remove_service, save_service
 
 FLOWER_USER = "ops"
 FLOWER_PASSWORD = f"flower-pw-{RUN_ID}"
@@ -71,9 +71,9 @@ def submit(client: httpx2.Client, kwargs: dict[str, Any], **options: Any) -> str
 def final_row(task_id: str) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         with session_scope() as session:
-            row = executions.get(session, task_id)
+            row = audit.get(session, task_id)
             if row is not None and row.status in ("success", "error"):
-                return executions.as_dict(row)
+                return audit.as_dict(row)
         return None
 
     return wait_until(done, WAIT_S, f"the execution row of {task_id}", interval=0.1)
@@ -175,7 +175,7 @@ def test_a_producer_task_id_makes_a_resend_harmless(client: httpx2.Client, servi
 
     wait_until(cached, WAIT_S, f"the re-sent {task_id} to return the stored result", interval=0.2)
     with session_scope() as session:
-        row = executions.get(session, task_id)
+        row = audit.get(session, task_id)
         assert row is not None and row.id == first["id"] and row.attempts == first["attempts"]
 
 

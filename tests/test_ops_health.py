@@ -17,19 +17,11 @@ import sqlalchemy as sa
 from processes import Proc, free_port
 from testenv import DEMO_HTTP_TOKEN, extra_redis_url
 
-from worker import executions
-from worker.db import session_scope
-from worker.health import (
-    STUCK_REASON,
-    Check,
-    Status,
-    bounded,
-    find_stuck,
-    one_line,
-    stuck_cutoff,
-)
-from worker.models import McpExecution
-from worker.registry import remove_service, save_service
+from worker.db.engine import session_scope
+from worker.db.models import McpExecution
+from worker.execution import audit
+from worker.ops.health import STUCK_REASON, Check, Status, bounded, find_stuck, one_line, stuck_cutoff
+from worker.services.store import remove_service, save_service
 from worker.settings import get_settings
 
 CLI = [sys.executable, "-m", "worker.cli"]
@@ -199,7 +191,7 @@ def _running_row(started_ago: timedelta, lease_left: timedelta | None, attempts:
                 user_id="ops",
                 tool_desc="pm",
                 tool_name="echo",
-                status=executions.Status.RUNNING.value,
+                status=audit.Status.RUNNING.value,
                 attempts=attempts,
                 started_at=now - started_ago,
                 lease_owner=None if lease_left is None else "some-worker",
@@ -211,7 +203,7 @@ def _running_row(started_ago: timedelta, lease_left: timedelta | None, attempts:
 
 def _row(task_id: str) -> McpExecution:
     with session_scope() as session:
-        row = executions.get(session, task_id)
+        row = audit.get(session, task_id)
         assert row is not None
         return row
 

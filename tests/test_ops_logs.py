@@ -22,13 +22,14 @@ import redis
 from processes import broker_env, start_demo_server, start_worker, wait_until
 from testenv import LOG_DIR, extra_redis_url
 
-from worker import executions
-from worker.db import session_scope
-from worker.registry import GLOBAL_USER, remove_service, save_service
+from worker.db.engine import session_scope
+from worker.execution import audit
+from worker.services.config import GLOBAL_USER
+from worker.services.store import remove_service, save_service
 
 KEY = f"sk-live-LOGTEST-{uuid.uuid4().hex}"
 BAD_KEY = f"sk-live-LOGTEST-BAD-{uuid.uuid4().hex}"
-STDIO_COMMAND = f"{sys.executable} -m worker.demo_server --transport stdio --test-tools"
+STDIO_COMMAND = f"{sys.executable} -m worker.demo.server --transport stdio --test-tools"
 ROW_TIMEOUT_S = 60.0
 FIELDS = {"ts", "level", "logger", "message", "task_id", "task_name", "user_id", "pid"}
 _FINISHED = re.compile(r"^Task mcp\.execute_tool\[([0-9a-f-]+)\] (succeeded|raised|failed)")
@@ -61,7 +62,7 @@ class Run:
 def _final(task_id: str) -> tuple[str, str | None]:
     def done() -> tuple[str, str | None] | None:
         with session_scope() as session:
-            row = executions.get(session, task_id)
+            row = audit.get(session, task_id)
             if row is not None and row.status in ("success", "error"):
                 return row.status, row.error_message
         return None
@@ -184,7 +185,9 @@ def test_every_line_of_a_task_carries_its_id_name_and_user(run: Run) -> None:
         naming = [line for line in run.child_lines() if task_id in line["message"]]
         assert naming and all(line["task_id"] == task_id for line in naming)
     failures = [
-        line for line in run.lines if line["logger"] == "worker.execute" and "failed" in line["message"]
+        line
+        for line in run.lines
+        if line["logger"] == "worker.execution.call" and "failed" in line["message"]
     ]
     assert {line["task_id"] for line in failures} == {t for t, c in run.calls.items() if c.status == "error"}
 

@@ -18,9 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from test_db_pool import _backend_pid, _cut
 
-from worker import executions, registry
-from worker.db import get_engine, session_scope
-from worker.registry import save_service
+from worker.db import engine
+from worker.db.engine import get_engine, session_scope
+from worker.execution import audit
+from worker.execution.claim import Claim, claim
+from worker.services.store import save_service
+from worker.settings import get_settings
 
 PREPARED = sa.text("SELECT name, prepare_time FROM pg_prepared_statements ORDER BY name")
 
@@ -49,10 +52,9 @@ def user(one_connection: Callable[[float], None]) -> str:
     return name
 
 
-def _call(connection: Connection, user: str, task_id: str) -> tuple[executions.Begun, dict[str, datetime]]:
+def _call(connection: Connection, user: str, task_id: str) -> tuple[Claim, dict[str, datetime]]:
     """The hot path's two statements, as `run_tool_call` runs them; then what is prepared."""
-    begun = executions.begin(
-        connection,
+    values = audit.claim_values(
         task_id=task_id,
         user_id=user,
         service="prep-pm",
@@ -60,23 +62,23 @@ def _call(connection: Connection, user: str, task_id: str) -> tuple[executions.B
         params={"message": "hi"},
         owner="owner-a",
         lease_seconds=60,
-        lookup=registry.LOOKUP,
     )
-    executions.succeed(connection, task_id, result=["hi"], elapsed_ms=2, params={"message": "hi", "n": 1})
+    begun = claim(connection, values, get_settings())
+    audit.succeed(connection, task_id, result=["hi"], elapsed_ms=2, params={"message": "hi", "n": 1})
     return begun, {row.name: row.prepare_time for row in connection.execute(PREPARED)}
 
 
 def _row(task_id: str) -> dict[str, Any]:
     with session_scope() as session:
-        row = executions.get(session, task_id)
+        row = audit.get(session, task_id)
         assert row is not None
-        return executions.as_dict(row)
+        return audit.as_dict(row)
 
 
-def _check(begun: executions.Begun, user: str, task_id: str) -> None:
-    assert begun.claimed and begun.attempts == 1
-    assert begun.looked_up is not None
-    config = registry.from_rows(begun.looked_up, user, "prep-pm")
+def _check(begun: Claim, user: str, task_id: str) -> None:
+    assert begun.claimed and begun.row.attempts == 1
+    config = begun.service
+    assert config is not None and config.user_id == user
     assert (config.api_key, config.tool_defaults) == ("prep-key-0001", {"project_id": 7})
     row = _row(task_id)
     assert (row["status"], row["result"], row["params"]) == ("success", ["hi"], {"message": "hi", "n": 1})
@@ -89,33 +91,33 @@ def test_each_connection_prepares_the_two_hot_statements_once(
     user = f"prep-{uuid.uuid4().hex[:6]}"
     _service(user)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
-    begun, prepared = executions.autocommit(lambda c: _call(c, user, first))
+    begun, prepared = engine.autocommit(lambda c: _call(c, user, first))
     _check(begun, user, first)
     assert len(prepared) == 2 and all(name.startswith("mcpw_") for name in prepared)
-    begun, again = executions.autocommit(lambda c: _call(c, user, second))
+    begun, again = engine.autocommit(lambda c: _call(c, user, second))
     _check(begun, user, second)
     assert again == prepared  # the same statements, not prepared a second time
 
 
 def test_a_connection_that_lost_its_statements_prepares_them_again(user: str) -> None:
-    executions.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
+    engine.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
     # What a pooler in transaction mode does: the next statement meets a server without them.
-    executions.autocommit(lambda c: c.exec_driver_sql("DEALLOCATE ALL"))
+    engine.autocommit(lambda c: c.exec_driver_sql("DEALLOCATE ALL"))
     task_id = str(uuid.uuid4())
-    begun, prepared = executions.autocommit(lambda c: _call(c, user, task_id))
+    begun, prepared = engine.autocommit(lambda c: _call(c, user, task_id))
     _check(begun, user, task_id)
     assert len(prepared) == 2
 
 
 def test_a_replaced_connection_prepares_afresh(user: str) -> None:
-    executions.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
-    first = executions.autocommit(_backend_pid)
+    engine.autocommit(lambda c: _call(c, user, str(uuid.uuid4())))
+    first = engine.autocommit(_backend_pid)
     _cut(first)
     task_id = str(uuid.uuid4())
-    begun, prepared = executions.autocommit(lambda c: _call(c, user, task_id))
+    begun, prepared = engine.autocommit(lambda c: _call(c, user, task_id))
     _check(begun, user, task_id)
     assert len(prepared) == 2
-    assert executions.autocommit(_backend_pid) != first
+    assert engine.autocommit(_backend_pid) != first
 
 
 def test_turned_off_nothing_is_prepared(
@@ -126,7 +128,7 @@ def test_turned_off_nothing_is_prepared(
     user = f"prep-{uuid.uuid4().hex[:6]}"
     _service(user)
     task_id = str(uuid.uuid4())
-    begun, prepared = executions.autocommit(lambda c: _call(c, user, task_id))
+    begun, prepared = engine.autocommit(lambda c: _call(c, user, task_id))
     _check(begun, user, task_id)
     assert prepared == {}
 

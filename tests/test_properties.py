@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.errors import InvalidArguments, InvalidService
-from worker.execute import merge_arguments
-from worker.logs import ContextFilter
+from worker.execution.call import merge_arguments
+from worker.ops.logs import ContextFilter
 from worker.redaction import MASK, redact, redact_params, register_secrets
-from worker.registry import RESERVED_PARAMS, ServiceConfig, validate_record
+from worker.services.config import RESERVED_PARAMS, ServiceConfig, validate_record
 from worker.validation import validate_arguments
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)

@@ -9,17 +9,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from worker.db.models import McpService
+from worker.demo.sample_data import load_sample_data
 from worker.errors import ConfigurationError, InvalidService, ServiceNotFound
-from worker.models import McpService
-from worker.registry import (
-    list_services,
-    load_config_file,
-    remove_service,
-    resolve,
-    save_service,
-    validate_record,
-)
-from worker.sample_data import load_sample_data
+from worker.services.config import validate_record
+from worker.services.devfile import load_config_file
+from worker.services.registry import list_services, resolve
+from worker.services.store import remove_service, save_service
 from worker.settings import Settings, reset_settings
 
 

@@ -14,13 +14,13 @@ import sqlalchemy as sa
 from processes import wait_until
 from testenv import DEMO_HTTP_TOKEN
 
-from worker import executions
 from worker.client import submit_report, submit_tool
-from worker.db import session_scope
-from worker.demo_server import DATA_FILE
-from worker.models import McpReport, McpTemplate
+from worker.db.engine import session_scope
+from worker.db.models import McpReport, McpTemplate
+from worker.demo.sample_data import SEED_EXECUTIVE_SUMMARY, load_sample_data
+from worker.demo.server import DATA_FILE
+from worker.execution import audit
 from worker.reports.storage import report_as_dict, save_template
-from worker.sample_data import SEED_EXECUTIVE_SUMMARY, load_sample_data
 
 PERIOD = "2026-W47"
 TIMEOUT_S = 90.0
@@ -49,7 +49,7 @@ def wait_report(task_id: str) -> dict[str, Any]:
             row = session.scalars(sa.select(McpReport).where(McpReport.task_id == task_id)).one_or_none()
             if row is not None:
                 return report_as_dict(row)
-            execution = executions.get(session, task_id)
+            execution = audit.get(session, task_id)
             if execution is not None and execution.status == "error":
                 return {"error": execution.error_message}
         return None
@@ -71,7 +71,7 @@ def test_weekly_report_from_the_bundled_template_has_correct_counts(seeded: None
     assert report["period"] == PERIOD and report["template"] == "weekly_report.j2"
     assert report["refined"] is False and report["raw_content"] == content
     with session_scope() as session:
-        execution = session.get(executions.McpExecution, report["execution_id"])
+        execution = session.get(audit.McpExecution, report["execution_id"])
         assert execution is not None and execution.tool_name == "fetch_weekly_report"
         assert execution.params == {"project_id": 1, "week": PERIOD}
 

@@ -12,10 +12,10 @@ import sqlalchemy as sa
 
 from worker.cli import main
 from worker.cli.executions import parse_since
-from worker.db import session_scope
+from worker.db.engine import session_scope
+from worker.db.models import McpExecution, McpReport
 from worker.errors import InvalidArguments
-from worker.models import McpExecution, McpReport
-from worker.retention import prune
+from worker.ops.retention import prune
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from worker.schedule_math import (
+from worker.scheduling.cron import (
     DEFAULT_CRON,
     InvalidSchedule,
     due_slot,

@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 from testenv import DEMO_HTTP_TOKEN
 
-from worker.db import session_scope
+from worker.db.engine import session_scope
+from worker.db.models import McpReport, McpReportSchedule
 from worker.errors import InvalidArguments, ServiceNotFound
-from worker.models import McpReport, McpReportSchedule
-from worker.registry import save_service
 from worker.reports.job import generate_report
-from worker.scheduling import Dispatch, _claim, add_schedule, dispatch_due, set_enabled
+from worker.scheduling.schedules import Dispatch, _claim, add_schedule, dispatch_due, set_enabled
+from worker.services.store import save_service
 
 pytestmark = pytest.mark.usefixtures("clean_db")
 

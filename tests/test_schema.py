@@ -13,8 +13,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from testenv import _pg_url
 
-from worker import schema
-from worker.models import Base
+from worker.db import schema
+from worker.db.models import Base
 
 SEED_COLUMNS = {
     "mcp_services": [

@@ -13,10 +13,10 @@ from celery import Celery
 from processes import broker_env, start_worker, wait_until
 from testenv import LOG_DIR, RUN_ID, extra_redis_url
 
-from worker import executions
 from worker.client import submit_tool
-from worker.db import session_scope
-from worker.registry import save_service
+from worker.db.engine import session_scope
+from worker.execution import audit
+from worker.services.store import save_service
 
 
 def _alive(pid: int) -> bool:
@@ -30,8 +30,8 @@ def _alive(pid: int) -> bool:
 
 def _row(task_id: str) -> dict[str, Any] | None:
     with session_scope() as session:
-        row = executions.get(session, task_id)
-        return executions.as_dict(row) if row is not None and row.status in ("success", "error") else None
+        row = audit.get(session, task_id)
+        return audit.as_dict(row) if row is not None and row.status in ("success", "error") else None
 
 
 def test_no_stdio_server_survives_a_warm_shutdown() -> None:
@@ -46,7 +46,7 @@ def test_no_stdio_server_survives_a_warm_shutdown() -> None:
                 "desc": "pm",
                 "interaction_mode": "stdio",
                 "api_key": "k-shutdown",
-                "url": f"{sys.executable} -m worker.demo_server --transport stdio",
+                "url": f"{sys.executable} -m worker.demo.server --transport stdio",
             },
         )
     worker = start_worker(f"shutdown-{RUN_ID}", LOG_DIR, env)

@@ -109,7 +109,7 @@ TEST_ENV = {
     "MCP_TASK_SOFT_TIME_LIMIT": "30",
     "MCP_MAX_RETRIES": "2",
     "MCP_STDIO_ALLOWED_COMMANDS": f"mcp-worker {Path(sys.executable).parent / 'mcp-worker'} {sys.executable}",
-    "MCP_STDIO_DEFAULT_COMMAND": f"{sys.executable} -m worker.demo_server --transport stdio",
+    "MCP_STDIO_DEFAULT_COMMAND": f"{sys.executable} -m worker.demo.server --transport stdio",
     # Refinement goes to the fake OpenAI server the session starts (OPENAI_BASE_URL is set then).
     "OPENAI_API_KEY": OPENAI_TEST_KEY,
     "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # nothing listens: never the real API

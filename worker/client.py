@@ -12,11 +12,9 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
+from worker import names
 from worker.settings import get_settings
 from worker.validation import validate_report_request, validate_tool_request
-
-EXECUTE_TOOL = "mcp.execute_tool"
-GENERATE_REPORT = "mcp.generate_report"
 
 
 def _app(app: Celery | None) -> Celery:
@@ -48,10 +46,10 @@ def submit_tool(
         user_id, service, tool, arguments, max_argument_bytes=get_settings().max_argument_bytes
     )
     return _app(app).send_task(
-        EXECUTE_TOOL,
+        names.EXECUTE_TOOL,
         kwargs={"user_id": user, "service": desc, "tool": name, "arguments": args},
         task_id=task_id,
-        queue="mcp.tools",
+        queue=names.TOOLS_QUEUE,
     )
 
 
@@ -76,8 +74,8 @@ def submit_report(
     )
     validate_report_request(template, period, refine)
     return _app(app).send_task(
-        GENERATE_REPORT,
+        names.GENERATE_REPORT,
         kwargs={"user_id": user, "service": desc, "template": template, "period": period, "refine": refine},
         task_id=task_id,
-        queue="mcp.reports",
+        queue=names.REPORTS_QUEUE,
     )

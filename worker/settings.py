@@ -20,8 +20,9 @@ from worker.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-# The MCP runtime waits this long past connect + call timeouts before giving up on a call; the
-# task's soft limit must leave room for it (worker.mcp.RUN_SYNC_MARGIN).
+# The MCP runtime waits this long past connect + call timeouts before giving up on a call (the
+# bookkeeping around a call and a dying session's close must not be cut short); the task's soft
+# limit must leave room for it. Used through `worker.services.config.Timeouts.bound`.
 CALL_MARGIN_S = 5.0
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -6,17 +6,18 @@ Names are the producer contract (DESIGN.md); payloads are JSON and carry no secr
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-import worker.lifecycle
-import worker.logs  # noqa: F401  (connects the logging signals)
+import worker.ops.lifecycle
+import worker.ops.logs  # noqa: F401  (connects the logging signals)
+from worker import names
 from worker.celery import app
 from worker.errors import ExecutionHeld, TransientError
-from worker.execute import run_tool_call
+from worker.execution.call import run_tool_call
 from worker.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,18 @@ def _final_attempt(task: Task) -> bool:
     return int(task.request.retries or 0) >= int(task.max_retries or 0)
 
 
+def _defer(task: Task, held: ExecutionHeld) -> NoReturn:
+    """Another delivery's lease outlasts this one's time budget: run again when it runs out. Not a
+    failed attempt, so it does not count against max_retries (nor against a schedule)."""
+    logger.info("%s; deferring this delivery by %.1f s", held, held.retry_after)
+    task.signature_from_request(countdown=held.retry_after, retries=task.request.retries).apply_async()
+    raise Ignore()
+
+
 @app.task(
-    name="mcp.execute_tool",
+    name=names.EXECUTE_TOOL,
     bind=True,
-    queue="mcp.tools",
+    queue=names.TOOLS_QUEUE,
     **RETRYING,
     soft_time_limit=_settings.task_soft_time_limit,
     time_limit=_settings.task_time_limit,
@@ -69,19 +78,15 @@ def execute_tool(
             arguments=arguments,
             final_attempt=_final_attempt(self),
         )
-    except ExecutionHeld as exc:
-        # Another delivery's lease outlasts this one's time budget: run again when it runs out.
-        # Not a failed attempt, so it does not count against max_retries.
-        logger.info("%s; deferring this delivery by %.1f s", exc, exc.retry_after)
-        self.signature_from_request(countdown=exc.retry_after, retries=self.request.retries).apply_async()
-        raise Ignore() from None
+    except ExecutionHeld as held:
+        _defer(self, held)
     return outcome.summary()
 
 
 @app.task(
-    name="mcp.generate_report",
+    name=names.GENERATE_REPORT,
     bind=True,
-    queue="mcp.reports",
+    queue=names.REPORTS_QUEUE,
     **RETRYING,
     soft_time_limit=_settings.report_soft_time_limit,
     time_limit=_settings.report_time_limit,
@@ -101,22 +106,25 @@ def generate_report(
     """Render (and optionally refine) the user's weekly report; returns the report id."""
     from worker.reports.job import generate_report as run_report
 
-    outcome = run_report(
-        task_id=self.request.id,
-        user_id=user_id,
-        service=service,
-        template=template,
-        period=period,
-        refine=refine,
-        schedule_id=schedule_id,
-        final_attempt=_final_attempt(self),
-    )
+    try:
+        outcome = run_report(
+            task_id=self.request.id,
+            user_id=user_id,
+            service=service,
+            template=template,
+            period=period,
+            refine=refine,
+            schedule_id=schedule_id,
+            final_attempt=_final_attempt(self),
+        )
+    except ExecutionHeld as held:
+        _defer(self, held)
     return outcome.summary()
 
 
 @app.task(
-    name="mcp.dispatch_due_reports",
-    queue="mcp.schedule",
+    name=names.DISPATCH_DUE_REPORTS,
+    queue=names.SCHEDULE_QUEUE,
     soft_time_limit=50,
     time_limit=55,
     # A tick that could not finish is simply superseded by the next one a minute later.
@@ -125,15 +133,15 @@ def generate_report(
 )
 def dispatch_due_reports() -> dict[str, Any]:
     """Beat's every-minute tick: enqueue the report of every schedule whose slot has come."""
-    from worker.scheduling import dispatch_due
+    from worker.scheduling.schedules import dispatch_due
 
     dispatched = dispatch_due()
     return {"dispatched": [d.task_id for d in dispatched]}
 
 
 @app.task(
-    name="mcp.prune_old_records",
-    queue="mcp.schedule",
+    name=names.PRUNE_OLD_RECORDS,
+    queue=names.SCHEDULE_QUEUE,
     soft_time_limit=1800,
     time_limit=1860,
     # Each batch commits on its own; a run cut short simply continues tomorrow.
@@ -142,14 +150,14 @@ def dispatch_due_reports() -> dict[str, Any]:
 )
 def prune_old_records() -> dict[str, int]:
     """Beat's daily retention run: delete executions and reports older than MCP_RETENTION_DAYS."""
-    from worker.retention import prune
+    from worker.ops.retention import prune
 
     return prune()
 
 
 @app.task(
-    name="mcp.reap_stuck_executions",
-    queue="mcp.schedule",
+    name=names.REAP_STUCK_EXECUTIONS,
+    queue=names.SCHEDULE_QUEUE,
     soft_time_limit=120,
     time_limit=150,
     acks_late=False,
@@ -158,6 +166,6 @@ def prune_old_records() -> dict[str, int]:
 def reap_stuck_executions() -> dict[str, int]:
     """Mark rows left `running` past the hard time limit (their worker died and no redelivery
     came) as `error` with the reason, so no row stays `running` forever."""
-    from worker.health import find_stuck
+    from worker.ops.health import find_stuck
 
     return {"marked_error": len(find_stuck(_settings, fix=True))}

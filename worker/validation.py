@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from worker.errors import InvalidArguments
-from worker.registry import DESC_MAX, USER_ID_MAX
 
+# Column widths of mcp_services.user_id and .desc (the seed schema).
+USER_ID_MAX = 50
+DESC_MAX = 255
 TOOL_NAME_MAX = 255
 TEMPLATE_NAME_MAX = 100
 PERIOD = re.compile(r"^\d{4}-W(0[1-9]|[1-4]\d|5[0-3])$")

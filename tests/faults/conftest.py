@@ -32,6 +32,6 @@ def redis_server(procs: Procs, tmp_path: Path) -> RedisServer:
 @pytest.fixture
 def engine() -> sa.Engine:
     """The run's throwaway database (TEST_DB_URL), where the workers write their rows."""
-    from worker.db import get_engine
+    from worker.db.engine import get_engine
 
     return get_engine()

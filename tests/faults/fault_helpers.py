@@ -33,13 +33,13 @@ from processes import Proc, free_port, port_open, spawn, wait_until
 from sqlalchemy.orm import Session
 from testenv import RUN_ID, TEST_DB_URL
 
-from worker import executions
-from worker.models import McpExecution
-from worker.registry import save_service
+from worker.db.models import McpExecution
+from worker.execution import audit
+from worker.services.store import save_service
 
 PYTHON = sys.executable
 FAKE_SERVERS = Path(__file__).with_name("fake_servers.py")
-STDIO_DEMO = f"{shlex.quote(PYTHON)} -m worker.demo_server --transport stdio --test-tools"
+STDIO_DEMO = f"{shlex.quote(PYTHON)} -m worker.demo.server --transport stdio --test-tools"
 GARBAGE_STDIO = f"{shlex.quote(PYTHON)} {shlex.quote(str(FAKE_SERVERS))} garbage-stdio"
 # Every service the fault tests create names this endpoint; stdio children get it in their
 # environment, which is how cleanup finds the ones a SIGKILLed worker left behind.
@@ -370,7 +370,7 @@ def start_garbage_http(procs: Procs) -> str:
 def start_demo(procs: Procs, transport: str = "streamable-http") -> tuple[Proc, str]:
     """The bundled demo server with its test tools (sleep, crash, big_result), no token."""
     port = free_port()
-    argv = [PYTHON, "-m", "worker.demo_server", "--transport", transport, "--port", str(port), "--test-tools"]
+    argv = [PYTHON, "-m", "worker.demo.server", "--transport", transport, "--port", str(port), "--test-tools"]
     proc = procs.spawn(f"demo-{transport}-{port}", argv)
     wait_until(lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server on {port}")
     assert proc.alive(), proc.log()
@@ -404,7 +404,7 @@ def rows(engine: sa.Engine, task_ids: Iterable[str]) -> dict[str, dict[str, Any]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             for row in session.scalars(sa.select(McpExecution).where(McpExecution.task_id.in_(chunk))):
-                found[row.task_id] = executions.as_dict(row)
+                found[row.task_id] = audit.as_dict(row)
     return found
 
 

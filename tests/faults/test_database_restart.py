@@ -28,9 +28,10 @@ from fault_helpers import (
 from processes import wait_until
 from sqlalchemy.orm import Session
 
-from worker import executions, schema
 from worker.client import submit_tool
-from worker.models import McpExecution
+from worker.db import schema
+from worker.db.models import McpExecution
+from worker.execution import audit
 
 pytestmark = pytest.mark.faults
 
@@ -93,7 +94,7 @@ def test_postgres_restarted_under_load_every_task_ends_final(
     assert all(calls[t] >= 1 for t in task_ids)
     # Nothing is left running, so there is nothing for the stuck-row sweep to do.
     with Session(engine) as session, session.begin():
-        assert executions.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 0
+        assert audit.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 0
 
 
 def _lease_expires_at(engine: sa.Engine, task_id: str) -> datetime | None:
@@ -123,14 +124,14 @@ def test_a_row_left_running_by_a_dead_worker_is_marked_error_once_its_lease_runs
     assert lease is not None
     with Session(engine) as session, session.begin():
         # The lease is live: the holder might still be working, so the sweep leaves the row alone.
-        assert executions.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 0
+        assert audit.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 0
     wait_until(lambda: datetime.now(UTC) > lease, 60, "the lease to run out", interval=0.2)
     assert rows(engine, [task_id])[task_id]["status"] == "running", "nothing else may touch the row"
     with Session(engine) as session, session.begin():
-        assert executions.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 1
+        assert audit.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 1
 
     row = rows(engine, [task_id])[task_id]
     assert row["status"] == "error" and row["error_message"] == STUCK_REASON, row
     assert row["finished_at"] is not None
     with Session(engine) as session, session.begin():
-        assert executions.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 0
+        assert audit.mark_stuck(session, datetime.now(UTC), STUCK_REASON) == 0

@@ -27,7 +27,7 @@ from fault_helpers import (
 )
 
 from worker.client import submit_tool
-from worker.executions import TRUNCATION_MARKER
+from worker.execution.audit import TRUNCATION_MARKER
 
 pytestmark = pytest.mark.faults
 
@@ -63,7 +63,7 @@ class Serving:
 
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
-    from worker.db import get_engine
+    from worker.db.engine import get_engine
 
     workdir = tmp_path_factory.mktemp("misbehaving")
     procs = Procs(workdir / "logs")

@@ -13,7 +13,7 @@ import pytest
 from mcp_helpers import DEMO_TOKEN, STDIO_DEMO, DemoServer, make_settings, service, start_demo
 
 from worker import mcp
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig
 from worker.settings import Settings
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from worker.loopback import wait_until
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig
 from worker.settings import Settings
 
 PYTHON = sys.executable
 DEMO_TOKEN = "demo-token-7f3a91c2"
-STDIO_DEMO = f"{shlex.quote(PYTHON)} -m worker.demo_server --transport stdio --test-tools"
+STDIO_DEMO = f"{shlex.quote(PYTHON)} -m worker.demo.server --transport stdio --test-tools"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 _LISTENING = re.compile(r"listening on (http://\S+)")
@@ -50,9 +50,9 @@ class DemoServer:
 
 
 def start_demo(transport: str, *, token: str | None = None, port: int = 0) -> DemoServer:
-    """Start `python -m worker.demo_server` and wait for its "listening on" line."""
+    """Start `python -m worker.demo.server` and wait for its "listening on" line."""
     log_path = Path(tempfile.mkstemp(prefix=f"demo-{transport}-", suffix=".log")[1])
-    argv = [PYTHON, "-m", "worker.demo_server", "--transport", transport, "--port", str(port), "--test-tools"]
+    argv = [PYTHON, "-m", "worker.demo.server", "--transport", transport, "--port", str(port), "--test-tools"]
     if token:
         argv += ["--token", token]
     with log_path.open("wb") as log:

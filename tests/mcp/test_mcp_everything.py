@@ -20,7 +20,7 @@ from mcp_helpers import make_settings, service
 from worker import mcp
 from worker.errors import ToolInputRejected, UnknownTool
 from worker.loopback import port_open, wait_until
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -34,7 +34,7 @@ from worker.errors import (
     UnknownTool,
 )
 from worker.loopback import free_port, wait_until
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig
 from worker.settings import Settings
 
 MODES = ["stdio", "sse", "streamable_http"]

@@ -10,7 +10,7 @@ from mcp_helpers import DEMO_TOKEN, STDIO_DEMO, children_running, make_settings,
 
 from worker import mcp
 from worker.errors import AuthenticationFailed, ServerUnavailable
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig
 from worker.settings import Settings
 
 MODES = ["stdio", "sse", "streamable_http"]

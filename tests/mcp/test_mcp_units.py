@@ -12,7 +12,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_helpers import DEMO_TOKEN, make_settings, service
 
-from worker.demo_server import load_projects, parse_week, weekly_report
+from worker.demo.server import load_projects, parse_week, weekly_report
 from worker.errors import (
     AuthenticationFailed,
     CommandNotAllowed,
@@ -26,8 +26,9 @@ from worker.errors import (
 )
 from worker.mcp import loop
 from worker.mcp.outcome import classify, one_line, session_is_dead, to_outcome
-from worker.mcp.transports import Probe, auth_headers, stdio_command, stdio_environment, timeouts_for
+from worker.mcp.transports import Probe, auth_headers, stdio_environment
 from worker.redaction import MASK
+from worker.services.config import stdio_command, timeouts_for
 
 WHERE = "MCP server for 'demo'"
 
@@ -62,9 +63,9 @@ def test_stdio_environment_maps_aliases_and_literals() -> None:
 def test_stdio_command_allow_list() -> None:
     settings = make_settings(MCP_STDIO_ALLOWED_COMMANDS="npx /opt/bin/server")
 
-    assert stdio_command(service("stdio", "npx -y pkg"), settings) == ["npx", "-y", "pkg"]
+    assert stdio_command(service("stdio", "npx -y pkg"), settings) == ("npx", "-y", "pkg")
     assert stdio_command(service("stdio", "/usr/local/bin/npx pkg"), settings)[0] == "/usr/local/bin/npx"
-    assert stdio_command(service("stdio", "/opt/bin/server"), settings) == ["/opt/bin/server"]
+    assert stdio_command(service("stdio", "/opt/bin/server"), settings) == ("/opt/bin/server",)
     with pytest.raises(CommandNotAllowed, match="MCP_STDIO_ALLOWED_COMMANDS"):
         stdio_command(
             service("stdio", "/tmp/server"), settings
@@ -251,7 +252,7 @@ def test_weekly_report_is_deterministic_per_week() -> None:
 
 def test_stdio_demo_server_refuses_a_wrong_key() -> None:
     env = {**os.environ, "MCP_SERVICE_API_KEY": "wrong"}
-    argv = [sys.executable, "-m", "worker.demo_server", "--transport", "stdio", "--token", DEMO_TOKEN]
+    argv = [sys.executable, "-m", "worker.demo.server", "--transport", "stdio", "--token", DEMO_TOKEN]
 
     done = subprocess.run(
         argv, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from worker.logs import configure_logging
+    from worker.ops.logs import configure_logging
 
     configure_logging(level="DEBUG" if args.verbose else "WARNING")
     try:

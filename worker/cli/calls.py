@@ -6,11 +6,11 @@ import argparse
 import json
 import time
 
-from worker import executions
 from worker.cli.output import print_json
 from worker.client import submit_tool
-from worker.db import session_scope
+from worker.db.engine import session_scope
 from worker.errors import InvalidArguments
+from worker.execution import audit
 
 # How often --wait looks at the execution row.
 POLL_INTERVAL_S = 0.2
@@ -35,9 +35,9 @@ def wait_for_row(task_id: str, timeout: float) -> dict[str, object] | None:
     deadline = time.monotonic() + timeout
     while True:
         with session_scope() as session:
-            row = executions.get(session, task_id)
-            data = executions.as_dict(row) if row is not None else None
-        if data is not None and data["status"] in (executions.Status.SUCCESS, executions.Status.ERROR):
+            row = audit.get(session, task_id)
+            data = audit.as_dict(row) if row is not None else None
+        if data is not None and data["status"] in (audit.Status.SUCCESS, audit.Status.ERROR):
             return data
         if time.monotonic() >= deadline:
             return data

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from worker import schema
-from worker.db import session_scope
-from worker.sample_data import load_sample_data
+from worker.db import schema
+from worker.db.engine import session_scope
+from worker.demo.sample_data import load_sample_data
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from worker import executions
 from worker.cli.output import print_json, print_table
-from worker.db import session_scope
+from worker.db.engine import session_scope
+from worker.db.models import McpExecution
 from worker.errors import InvalidArguments
-from worker.models import McpExecution
+from worker.execution import audit
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.I)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     lst = cmds.add_parser("list", help="latest executions, newest first")
     lst.add_argument("--user", dest="user_id")
-    lst.add_argument("--status", choices=[s.value for s in executions.Status])
+    lst.add_argument("--status", choices=[s.value for s in audit.Status])
     lst.add_argument(
         "--since", help="created at or after: an ISO date or datetime (UTC if no offset), or 30m, 2h, 3d, 1w"
     )
@@ -82,7 +82,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.since:
         query = query.where(McpExecution.created_at >= parse_since(args.since).astimezone(UTC))
     with session_scope() as session:
-        rows = [executions.as_dict(r) for r in session.scalars(query)]
+        rows = [audit.as_dict(r) for r in session.scalars(query)]
     if args.json:
         print_json(rows)
         return 0
@@ -113,7 +113,7 @@ def find(session: Session, key: str) -> McpExecution | None:
         row = session.get(McpExecution, int(key))
         if row is not None:
             return row
-    return executions.get(session, key)
+    return audit.get(session, key)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -121,13 +121,13 @@ def _show(args: argparse.Namespace) -> int:
         row = find(session, args.execution.strip())
         if row is None:
             raise InvalidArguments(f"no execution with id or task id {args.execution!r}")
-        data = executions.as_dict(row)
+        data = audit.as_dict(row)
     print_json(data)
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from worker.retention import prune
+    from worker.ops.retention import prune
 
     if args.days is not None and args.days < 0:
         raise InvalidArguments("--days must be 0 or more")

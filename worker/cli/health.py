@@ -11,7 +11,7 @@ import sys
 
 from worker.cli.output import print_json, print_table
 from worker.errors import InvalidArguments
-from worker.health import DEFAULT_TIMEOUT_S, healthy, run_checks
+from worker.ops.health import DEFAULT_TIMEOUT_S, healthy, run_checks
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from worker.cli.output import print_json, print_table
 from worker.client import submit_report
-from worker.db import session_scope
+from worker.db.engine import session_scope
+from worker.db.models import McpReport
 from worker.errors import InvalidArguments, TemplateNotFound
-from worker.models import McpReport
 
 # How often `report --wait` looks for the report row.
 POLL_INTERVAL_S = 0.25
@@ -114,7 +114,7 @@ def _tpl_remove(args: argparse.Namespace) -> int:
 def _tpl_preview(args: argparse.Namespace) -> int:
     from worker.reports.render import build_context, render_template
     from worker.reports.storage import load_template
-    from worker.schedule_math import last_complete_iso_week
+    from worker.scheduling.cron import last_complete_iso_week
 
     try:
         data = json.loads(_read(args.data))
@@ -148,10 +148,10 @@ def _report(args: argparse.Namespace) -> int:
                 if row.refine_error:
                     print(f"note: refinement not used: {row.refine_error}", file=sys.stderr)
                 return 0
-            from worker import executions
+            from worker.execution import audit
 
-            execution = executions.get(session, result.id)
-            if execution is not None and execution.status == executions.Status.ERROR:
+            execution = audit.get(session, result.id)
+            if execution is not None and execution.status == audit.Status.ERROR:
                 print(f"error: {execution.error_message}", file=sys.stderr)
                 return 1
         time.sleep(POLL_INTERVAL_S)

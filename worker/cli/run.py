@@ -34,13 +34,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+    from worker.demo.flow import run_demo
 
     return run_demo(keep_running=args.keep_running)
 
 
 def _announce_backends() -> None:
-    from worker import schema
+    from worker.db import schema
     from worker.settings import get_settings
 
     settings = get_settings()

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from worker.cli.output import print_json, print_table
-from worker.db import session_scope
+from worker.db.engine import session_scope
+from worker.db.models import McpReportSchedule
 from worker.errors import InvalidArguments
-from worker.models import McpReportSchedule
-from worker.schedule_math import DEFAULT_CRON, DEFAULT_TIMEZONE, period_for_slot, previous_slot
+from worker.scheduling.cron import DEFAULT_CRON, DEFAULT_TIMEZONE, period_for_slot, previous_slot
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from worker.scheduling import add_schedule
+    from worker.scheduling.schedules import add_schedule
 
     with session_scope() as session:
         row = add_schedule(
@@ -114,7 +114,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _enable(args: argparse.Namespace) -> int:
-    from worker.scheduling import set_enabled
+    from worker.scheduling.schedules import set_enabled
 
     with session_scope() as session:
         set_enabled(session, args.schedule_id, True)
@@ -123,7 +123,7 @@ def _enable(args: argparse.Namespace) -> int:
 
 
 def _disable(args: argparse.Namespace) -> int:
-    from worker.scheduling import set_enabled
+    from worker.scheduling.schedules import set_enabled
 
     with session_scope() as session:
         set_enabled(session, args.schedule_id, False)

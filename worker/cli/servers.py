@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _demo_server(args: argparse.Namespace) -> int:
-    from worker import demo_server
+    from worker.demo import server
 
-    demo_server.main(args.rest)
+    server.main(args.rest)
     return 0

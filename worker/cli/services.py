@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from worker.cli.output import print_json, print_table
-from worker.db import session_scope
+from worker.db.engine import session_scope
 from worker.errors import InvalidService, ServiceNotFound
-from worker.registry import list_services, mask_secret, remove_service, resolve, save_service
+from worker.services.config import mask_secret
+from worker.services.registry import list_services, resolve
+from worker.services.store import remove_service, save_service
 from worker.settings import get_settings
 
 
@@ -111,7 +113,7 @@ def _add(args: argparse.Namespace) -> int:
     record.setdefault("api_key", "")
     with session_scope() as session:
         config = save_service(session, record)
-    from worker.crypto import warn_if_unencrypted
+    from worker.services.crypto import warn_if_unencrypted
 
     warn_if_unencrypted(get_settings().secret_key)
     print_json(config.public_dict())
@@ -158,7 +160,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _reencrypt(_: argparse.Namespace) -> int:
-    from worker.registry import reencrypt_all
+    from worker.services.store import reencrypt_all
 
     with session_scope() as session:
         count = reencrypt_all(session)

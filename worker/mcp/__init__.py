@@ -20,17 +20,13 @@ from mcp_types import PaginatedRequestParams
 from worker.mcp.loop import in_loop_thread, loop_is_running, run_sync, stop_loop
 from worker.mcp.outcome import ToolOutcome, to_outcome
 from worker.mcp.pool import current_pool, get_pool
-from worker.mcp.transports import timeouts_for
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig, timeouts_for
 from worker.settings import Settings, get_settings
 
 __all__ = ["ToolOutcome", "call_tool", "list_tools", "pool_stats", "shutdown_runtime"]
 
 logger = logging.getLogger(__name__)
 
-# Slack for run_sync over connect + call: the bookkeeping around a call and a dying session's
-# close (see pool.DEATH_REPORT_WAIT) must not be cut short by the outer guard.
-RUN_SYNC_MARGIN = 5.0
 # A server that pages its tool list forever cannot hang `list_tools`.
 LIST_TOOLS_PAGE_CAP = 100
 # Closing everything: sessions close concurrently, each bounded by pool.SESSION_CLOSE_TIMEOUT
@@ -43,8 +39,7 @@ CALLER_CANCEL_TIMEOUT = 2.0
 
 
 def _bound(config: ServiceConfig, settings: Settings) -> float:
-    timeouts = timeouts_for(config, settings)
-    return timeouts.connect + timeouts.call + RUN_SYNC_MARGIN
+    return timeouts_for(config, settings).bound
 
 
 def call_tool(

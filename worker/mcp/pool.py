@@ -30,8 +30,8 @@ from mcp_types import CONNECTION_CLOSED
 
 from worker.errors import ProtocolError, ServerTimeout, ServerUnavailable, WorkerError
 from worker.mcp.outcome import classify, session_is_dead
-from worker.mcp.transports import Probe, Timeouts, open_client, target_of, timeouts_for
-from worker.registry import ServiceConfig
+from worker.mcp.transports import Probe, open_client, target_of
+from worker.services.config import ServiceConfig, Timeouts, timeouts_for
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -32,8 +32,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE, streamable_http_client
 from mcp_types import Implementation
 
-from worker.errors import CommandNotAllowed, InvalidService
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig, Timeouts, stdio_command, timeouts_for
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,29 +54,6 @@ STDERR_LINE_MAX = 1000
 MAX_SSE_EVENT_FLOOR = DEFAULT_MAX_SSE_EVENT_SIZE
 
 CLIENT_INFO = Implementation(name="mcp-worker", version="0.1.0")
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """The limits for one service: settings' defaults, overridden by `params`/`auth` keys."""
-
-    connect: float
-    call: float
-
-
-def timeouts_for(config: ServiceConfig, settings: Settings) -> Timeouts:
-    """`connect_timeout`/`call_timeout` from the service's params or auth, else from settings."""
-
-    def pick(key: str, default: float) -> float:
-        for source in (config.params, config.auth):
-            value = source.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-                return float(value)
-        return default
-
-    return Timeouts(
-        pick("connect_timeout", settings.connect_timeout), pick("call_timeout", settings.call_timeout)
-    )
 
 
 @dataclass
@@ -112,37 +88,6 @@ class Probe:
 
     def last_stderr(self) -> str | None:
         return next((line for line in reversed(self.stderr_tail) if line.strip()), None)
-
-
-def stdio_command(config: ServiceConfig, settings: Settings) -> list[str]:
-    """The argv a stdio service runs: its url split like a shell would, else the default command.
-
-    Raises:
-        InvalidService: no command at all, or a url that does not parse.
-        CommandNotAllowed: the executable is not in MCP_STDIO_ALLOWED_COMMANDS.
-    """
-    return list(
-        _stdio_argv(config.url, config.desc, settings.stdio_default_command, settings.stdio_allowed_commands)
-    )
-
-
-# Pure, and asked on every call (the pool key): split once per command line, not once per call.
-@functools.lru_cache(maxsize=1024)
-def _stdio_argv(
-    url: str | None, desc: str, default_command: tuple[str, ...], allowed: tuple[str, ...]
-) -> tuple[str, ...]:
-    try:
-        argv = shlex.split(url) if url else list(default_command)
-    except ValueError as exc:
-        raise InvalidService(f"stdio command line of {desc!r} does not parse: {exc}") from None
-    if not argv:
-        raise InvalidService(f"service {desc!r} has no command; set its url or MCP_STDIO_DEFAULT_COMMAND")
-    executable = argv[0]
-    if executable not in allowed and os.path.basename(executable) not in allowed:
-        raise CommandNotAllowed(
-            f"stdio command {executable!r} is not allowed; add it to MCP_STDIO_ALLOWED_COMMANDS to run it"
-        )
-    return tuple(argv)
 
 
 def stdio_environment(config: ServiceConfig) -> dict[str, str]:
@@ -197,7 +142,7 @@ async def stdio_transport(
 ) -> AsyncIterator[TransportStreams]:
     """Start the service's command as a child and talk MCP over its stdin/stdout."""
     argv = stdio_command(config, settings)
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=stdio_environment(config))
+    params = StdioServerParameters(command=argv[0], args=list(argv[1:]), env=stdio_environment(config))
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
     drained = anyio.Event()
@@ -291,10 +236,7 @@ TRANSPORTS: dict[str, TransportFactory] = {
 def target_of(config: ServiceConfig, settings: Settings) -> str:
     """What a session connects to: the URL, or the command line and the endpoint it is given."""
     if config.mode == "stdio":
-        argv = _stdio_argv(
-            config.url, config.desc, settings.stdio_default_command, settings.stdio_allowed_commands
-        )
-        return _stdio_target(argv, config.endpoint)
+        return _stdio_target(stdio_command(config, settings), config.endpoint)
     return config.url or ""
 
 

@@ -12,17 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from worker import executions
-from worker.db import session_scope
-from worker.errors import InvalidArguments, WorkerError
-from worker.execute import run_tool_call
+from worker.db.engine import session_scope
+from worker.errors import ExecutionHeld, InvalidArguments, WorkerError
+from worker.execution.call import CallResult, record_failure, run_tool_call
 from worker.redaction import redact
-from worker.registry import resolve
 from worker.reports.refine import RefineOutcome, refine_report, required_facts
-from worker.reports.render import build_context, render_template
+from worker.reports.render import RenderResult, build_context, render_template
 from worker.reports.storage import insert_report, load_template, report_for_task
-from worker.schedule_math import last_complete_iso_week
-from worker.scheduling import record_outcome
+from worker.scheduling.cron import last_complete_iso_week
+from worker.scheduling.schedules import record_outcome
+from worker.services.registry import resolve
 from worker.settings import Settings, get_settings
 from worker.validation import validate_report_request, validate_tool_request
 
@@ -91,6 +90,8 @@ def generate_report(
             final_attempt=final_attempt,
             settings=settings,
         )
+    except ExecutionHeld:
+        raise  # another delivery is running this report: not an outcome of the schedule
     except WorkerError as exc:
         if schedule_id is not None and (final_attempt or not exc.retryable):
             record_outcome(schedule_id, exc)
@@ -98,6 +99,38 @@ def generate_report(
     if schedule_id is not None and result.created:
         record_outcome(schedule_id, None)
     return result
+
+
+def _plan(user: str, desc: str, refine_flag: bool | None) -> tuple[str, bool]:
+    """The service's data tool and whether to refine. A service that cannot be resolved gets the
+    defaults: `run_tool_call` then claims the execution row, records why, and raises."""
+    try:
+        config = resolve(user, desc)
+    except WorkerError:
+        return DEFAULT_DATA_TOOL, bool(refine_flag)
+    data_tool = str(config.params.get("report_tool") or DEFAULT_DATA_TOOL)
+    wanted = refine_flag if refine_flag is not None else bool(config.params.get("refine", False))
+    return data_tool, wanted
+
+
+def _render(
+    task_id: str, name: str, call: CallResult, data_tool: str, period: str
+) -> tuple[RenderResult, dict[str, Any]]:
+    """The template `name` rendered over the data call's result; a failure is recorded on the
+    execution row (whose data call succeeded) as final."""
+    try:
+        with session_scope() as session:
+            source = load_template(session, name)
+        if not isinstance(call.result, dict):
+            raise InvalidArguments(
+                f"data tool {data_tool!r} returned {type(call.result).__name__}, not an object with work_packages"
+            )
+        context = build_context(call.result, period)
+        return render_template(name, source.content, context), context
+    except WorkerError as exc:
+        message = redact(f"{type(exc).__name__}: {exc}")
+        record_failure(task_id, message, started=None, final=True, override_success=True)
+        raise
 
 
 def _generate(
@@ -126,9 +159,7 @@ def _generate(
             )
 
     period_name = period_name or last_complete_iso_week(datetime.now(UTC))
-    config = resolve(user, desc)
-    data_tool = str(config.params.get("report_tool") or DEFAULT_DATA_TOOL)
-    wanted = refine_flag if refine_flag is not None else bool(config.params.get("refine", False))
+    data_tool, wanted = _plan(user, desc, refine_flag)
     call = run_tool_call(
         task_id=task_id,
         user_id=user,
@@ -139,33 +170,36 @@ def _generate(
         settings=settings,
     )
     name = template_name or DEFAULT_TEMPLATE
-    try:
-        with session_scope() as session:
-            source = load_template(session, name)
-        if not isinstance(call.result, dict):
-            raise InvalidArguments(
-                f"data tool {data_tool!r} returned {type(call.result).__name__}, not an object with work_packages"
-            )
-        context = build_context(call.result, period_name)
-        rendered = render_template(name, source.content, context)
-    except WorkerError as exc:
-        message = redact(f"{type(exc).__name__}: {exc}")
-        with session_scope() as session:
-            executions.fail(
-                session, task_id, message=message, elapsed_ms=None, final=True, override_success=True
-            )
-        raise
+    rendered, context = _render(task_id, name, call, data_tool, period_name)
     outcome = _refine(rendered.text, context, wanted, settings)
+    report_id = _store(task_id, user, desc, name, period_name, rendered, outcome, call, schedule_id)
+    logger.info(
+        "report %s stored for %s/%s %s (refined=%s)", report_id, user, desc, period_name, outcome.refined
+    )
+    return ReportResult(report_id, task_id, period_name, outcome.refined, outcome.error, True)
+
+
+def _store(
+    task_id: str,
+    user: str,
+    desc: str,
+    name: str,
+    period: str,
+    rendered: RenderResult,
+    outcome: RefineOutcome,
+    call: CallResult,
+    schedule_id: int | None,
+) -> int:
     usage = outcome.usage or {}
     with session_scope() as session:
-        report_id = insert_report(
+        return insert_report(
             session,
             {
                 "task_id": task_id,
                 "user_id": user,
                 "service": desc,
                 "template": name,
-                "period": period_name,
+                "period": period,
                 "content": outcome.text,
                 "raw_content": rendered.text,
                 "refined": outcome.refined,
@@ -179,7 +213,3 @@ def _generate(
                 "schedule_id": schedule_id,
             },
         )
-    logger.info(
-        "report %s stored for %s/%s %s (refined=%s)", report_id, user, desc, period_name, outcome.refined
-    )
-    return ReportResult(report_id, task_id, period_name, outcome.refined, outcome.error, True)

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from worker.db.models import McpReport, McpTemplate
 from worker.errors import TemplateNotFound
-from worker.models import McpReport, McpTemplate
 from worker.reports.render import BUNDLED_TEMPLATE_NAMES, bundled_template, compile_template
 
 

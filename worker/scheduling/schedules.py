@@ -18,10 +18,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from worker.db import session_scope
+from worker import names
+from worker.db.engine import session_scope
+from worker.db.models import McpReportSchedule
 from worker.errors import InvalidArguments, WorkerError
-from worker.models import McpReportSchedule
-from worker.schedule_math import (
+from worker.scheduling.cron import (
     DEFAULT_CRON,
     DEFAULT_TIMEZONE,
     InvalidSchedule,
@@ -190,10 +191,10 @@ def _enqueue(fields: dict[str, Any], dispatch: Dispatch, send: Callable[..., Any
     from worker.celery import app
 
     app.send_task(
-        "mcp.generate_report",
+        names.GENERATE_REPORT,
         kwargs={**fields, "period": dispatch.period, "schedule_id": dispatch.schedule_id},
         task_id=dispatch.task_id,
-        queue="mcp.reports",
+        queue=names.REPORTS_QUEUE,
     )
     logger.info(
         "dispatched schedule %s slot %s (%s)",

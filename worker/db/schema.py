@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from worker.db import get_engine
+from worker.db.engine import get_engine
 from worker.settings import get_settings
 
 logger = logging.getLogger(__name__)

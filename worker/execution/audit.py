@@ -22,8 +22,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -31,12 +29,10 @@ from typing import Any, TypeVar, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from worker.db import get_engine
-from worker.models import McpExecution
-from worker.prepared import Prepared
+from worker.db.models import McpExecution
+from worker.db.prepared import Prepared
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,7 +42,6 @@ ERROR_MESSAGE_MAX = 2000
 
 
 class Status(enum.StrEnum):
-    PENDING = "pending"
     RUNNING = "running"
     RETRYING = "retrying"
     SUCCESS = "success"
@@ -64,8 +59,6 @@ class Begun:
     result: Any = None
     execution_time_ms: int | None = None
     held_until: datetime | None = None
-    # The rows of the `lookup` that `begin` ran with the claim (None when it did not run one).
-    looked_up: tuple[tuple[Any, ...], ...] | None = None
 
     @property
     def claimed(self) -> bool:
@@ -76,52 +69,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@contextmanager
-def autocommit_connection() -> Iterator[Connection]:
-    """A pooled connection in autocommit mode, for the hot path's steps: each of them is one
-    write (plus reads that need no snapshot), so a BEGIN and a COMMIT would only add two round
-    trips. Nothing is left open: each statement commits as it runs."""
-    with get_engine().connect() as connection:
-        raw = connection.connection.dbapi_connection
-        if connection.dialect.driver != "psycopg2" or raw is None:
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            yield connection
-            return
-        # psycopg2's own switch costs nothing; `isolation_level="AUTOCOMMIT"` would also reset the
-        # isolation level on release, which psycopg2 turns into two more round trips per checkout.
-        raw.autocommit = True
-        try:
-            yield connection
-        finally:
-            if not raw.closed:
-                raw.autocommit = False
-
-
-def autocommit(work: Callable[[Connection], T]) -> T:
-    """`work(connection)` on an `autocommit_connection`, run again once on a fresh connection when
-    the first one turns out to be dead (a database restart inside the pool's ping window, see
-    `worker.db`). Only for work that is safe to repeat: the claim (same owner) and the success write.
-    """
-    try:
-        with autocommit_connection() as connection:
-            return work(connection)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        logger.warning(
-            "the database connection was lost (%s); trying once more on a new one", type(exc.orig).__name__
-        )
-    with autocommit_connection() as connection:
-        return work(connection)
-
-
 _table = cast(sa.Table, McpExecution.__table__)
 # Statements are built once (per dialect) and hit SQLAlchemy's compiled cache: building ORM
 # statements on every call cost more than their round trips.
 _CLAIMS: dict[str, Any] = {}
 
 
-def _claim_statement(dialect: str) -> Any:
+def claim_statement(dialect: str) -> Any:
     """INSERT the row already claimed, or, when it exists, take it over only if it has not
     succeeded and nobody else holds a live lease on it; RETURNING the row when claimed."""
     stmt = _CLAIMS.get(dialect)
@@ -172,25 +126,6 @@ def _claim_statement(dialect: str) -> Any:
     return stmt
 
 
-_WITH_LOOKUP: dict[int, Prepared] = {}
-
-
-def _claim_with_lookup(lookup: Any) -> Prepared:
-    """The claim and `lookup` as one PostgreSQL statement: the claim's upsert as a CTE, outer
-    joined with the lookup's rows. No row: not claimed. Otherwise (id, attempts, *lookup columns)
-    per lookup row, or once with the lookup columns NULL when it found nothing. Prepared (runs on
-    every task)."""
-    stmt = _WITH_LOOKUP.get(id(lookup))
-    if stmt is None:
-        claim = _claim_statement("postgresql").cte("claim")
-        found = lookup.subquery("found")
-        stmt = Prepared(
-            sa.select(claim.c.id, claim.c.attempts, *found.c).select_from(claim.outerjoin(found, sa.true()))
-        )
-        _WITH_LOOKUP[id(lookup)] = stmt
-    return stmt
-
-
 _FIND = sa.select(
     _table.c.id,
     _table.c.status,
@@ -209,29 +144,13 @@ def _dialect(db: Session | Connection) -> str:
     return db.dialect.name if isinstance(db, Connection) else db.get_bind().dialect.name
 
 
-def begin(
-    session: Session | Connection,
-    *,
-    task_id: str,
-    user_id: str,
-    service: str,
-    tool: str,
-    params: Any,
-    owner: str,
-    lease_seconds: float,
-    lookup: Any = None,
-) -> Begun:
-    """Create or reopen the row for `task_id`, claim it for `owner` and count this attempt.
-
-    One statement (an upsert whose update only applies when the row has not succeeded and no
-    other owner holds a live lease on it), so one round trip; a second one only when it was not
-    claimed, to say why. With `lookup` (a SELECT whose bind parameters are among the claim's, such
-    as `worker.registry.LOOKUP`) on PostgreSQL, the lookup runs in the same statement and its rows
-    come back as `Begun.looked_up`; elsewhere `lookup` is ignored and `looked_up` stays None.
-    """
+def claim_values(
+    *, task_id: str, user_id: str, service: str, tool: str, params: Any, owner: str, lease_seconds: float
+) -> dict[str, Any]:
+    """The bind parameters of `claim_statement` for one attempt (`b_user_id` and `b_service` are
+    also the service lookup's, so a caller can run both in one statement)."""
     now = _now()
-    expires = now + timedelta(seconds=lease_seconds)
-    values = {
+    return {
         "b_task_id": task_id,
         "b_user_id": user_id,
         "b_service": service,
@@ -239,22 +158,30 @@ def begin(
         "b_params": params,
         "b_now": now,
         "b_owner": owner,
-        "b_expires": expires,
+        "b_expires": now + timedelta(seconds=lease_seconds),
     }
-    dialect = _dialect(session)
-    if lookup is not None and dialect == "postgresql":
-        rows: list[Any] = list(_claim_with_lookup(lookup).execute(_connection(session), values))
-        if rows:
-            found = tuple(tuple(row[2:]) for row in rows if row[2] is not None)
-            return Begun(id=rows[0][0], attempts=rows[0][1], already_succeeded=False, looked_up=found)
-    else:
-        claimed = session.execute(_claim_statement(dialect), values).one_or_none()
-        if claimed is not None:
-            return Begun(id=claimed.id, attempts=claimed.attempts, already_succeeded=False)
-    row = session.execute(_FIND, {"b_task_id": task_id}).one()
+
+
+def begin(session: Session | Connection, values: dict[str, Any]) -> Begun:
+    """Create or reopen the row for `values["b_task_id"]`, claim it and count this attempt.
+
+    One statement (an upsert whose update only applies when the row has not succeeded and no
+    other owner holds a live lease on it), so one round trip; a second one only when it was not
+    claimed, to say why (`unclaimed`).
+    """
+    claimed = session.execute(claim_statement(_dialect(session)), values).one_or_none()
+    if claimed is not None:
+        return Begun(id=claimed.id, attempts=claimed.attempts, already_succeeded=False)
+    return unclaimed(session, values)
+
+
+def unclaimed(session: Session | Connection, values: dict[str, Any]) -> Begun:
+    """Why the claim with `values` took nothing: the row succeeded already, or another owner
+    holds its lease (until when)."""
+    row = session.execute(_FIND, {"b_task_id": values["b_task_id"]}).one()
     if row.status == Status.SUCCESS.value:
         return Begun(row.id, row.attempts, True, row.result, row.execution_time_ms)
-    return Begun(row.id, row.attempts, False, held_until=_utc(row.lease_expires_at) or expires)
+    return Begun(row.id, row.attempts, False, held_until=_utc(row.lease_expires_at) or values["b_expires"])
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -274,11 +201,6 @@ def encode_result(result: Any, max_bytes: int) -> tuple[Any, str]:
     preview = raw[: max(0, max_bytes - 256)].decode("utf-8", errors="ignore")
     bounded = {TRUNCATION_MARKER: True, "original_bytes": len(raw), "preview": preview}
     return bounded, json.dumps(bounded, ensure_ascii=False)
-
-
-def bounded_result(result: Any, max_bytes: int) -> Any:
-    """`result`, or a marked preview of it when its JSON is larger than `max_bytes`."""
-    return encode_result(result, max_bytes)[0]
 
 
 def _succeed_statement(with_params: bool) -> Any:
@@ -373,7 +295,7 @@ def mark_stuck(session: Session, older_than: datetime, reason: str) -> int:
     result = session.execute(
         sa.update(McpExecution)
         .where(
-            McpExecution.status.in_([Status.RUNNING.value, Status.PENDING.value]),
+            McpExecution.status == Status.RUNNING.value,
             sa.func.coalesce(McpExecution.lease_expires_at, McpExecution.started_at) < older_than,
         )
         .values(status=Status.ERROR.value, error_message=reason, finished_at=_now(), lease_expires_at=None)

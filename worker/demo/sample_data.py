@@ -12,8 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from worker.models import McpService, McpTemplate
-from worker.registry import save_service, validate_record
+from worker.db.models import McpService, McpTemplate
+from worker.services.config import validate_record
+from worker.services.store import save_service
 
 SAMPLE_SERVICES: tuple[dict[str, Any], ...] = (
     {

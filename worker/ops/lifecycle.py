@@ -8,7 +8,7 @@ from typing import Any
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from worker import mcp
-from worker.db import dispose_engine
+from worker.db.engine import dispose_engine
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def _close_resources(**_: Any) -> None:
 
 @worker_ready.connect
 def _warn_about_configuration(**_: Any) -> None:
-    from worker.crypto import warn_if_unencrypted
+    from worker.services.crypto import warn_if_unencrypted
     from worker.settings import get_settings
 
     warn_if_unencrypted(get_settings().secret_key)

@@ -11,19 +11,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from worker.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"pid": None, "engine": None, "sessionmaker": None}
@@ -46,7 +48,7 @@ def _ping_when_idle(engine: Engine, idle_s: float) -> None:
     last statement. SQLAlchemy's `pool_pre_ping` pings on every checkout, which on the task hot
     path was two extra round trips per call. A connection that dies inside the window fails its
     statement as a disconnect, which invalidates the pool; the hot path then retries once on a
-    new connection (`worker.executions.autocommit`), and anything else retries as a task.
+    new connection (`autocommit` below), and anything else retries as a task.
     """
 
     def _stamp(_dbapi_connection: Any, record: Any) -> None:
@@ -129,3 +131,42 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def autocommit_connection() -> Iterator[Connection]:
+    """A pooled connection in autocommit mode, for the hot path's steps: each of them is one
+    write (plus reads that need no snapshot), so a BEGIN and a COMMIT would only add two round
+    trips. Nothing is left open: each statement commits as it runs."""
+    with get_engine().connect() as connection:
+        raw = connection.connection.dbapi_connection
+        if connection.dialect.driver != "psycopg2" or raw is None:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+            return
+        # psycopg2's own switch costs nothing; `isolation_level="AUTOCOMMIT"` would also reset the
+        # isolation level on release, which psycopg2 turns into two more round trips per checkout.
+        raw.autocommit = True
+        try:
+            yield connection
+        finally:
+            if not raw.closed:
+                raw.autocommit = False
+
+
+def autocommit(work: Callable[[Connection], T]) -> T:
+    """`work(connection)` on an `autocommit_connection`, run again once on a fresh connection when
+    the first one turns out to be dead (a database restart inside the pool's ping window, see
+    `worker.db`). Only for work that is safe to repeat: the claim (same owner) and the success write.
+    """
+    try:
+        with autocommit_connection() as connection:
+            return work(connection)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.warning(
+            "the database connection was lost (%s); trying once more on a new one", type(exc.orig).__name__
+        )
+    with autocommit_connection() as connection:
+        return work(connection)

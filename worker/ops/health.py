@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from worker.redaction import redact
-from worker.registry import ServiceConfig
+from worker.services.config import ServiceConfig
 from worker.settings import Settings, get_settings
 
 # A container probe runs every few seconds; each check answers within this unless told otherwise.
@@ -126,7 +126,7 @@ def check_database(settings: Settings, timeout: float) -> Check:
     """Reachable, and every migration the package ships applied."""
     from alembic.runtime.migration import MigrationContext
 
-    from worker.schema import head_revision
+    from worker.db.schema import head_revision
 
     url = sa.make_url(settings.database_url)
     secrets = [url.password] if isinstance(url.password, str) else []
@@ -236,7 +236,7 @@ def check_workers(settings: Settings, timeout: float, names: Sequence[str] = ())
 
 def _with_timeout(config: ServiceConfig, settings: Settings, timeout: float) -> ServiceConfig:
     """`config` with its connect and call timeouts capped at `timeout` (params win in timeouts_for)."""
-    from worker.mcp.transports import timeouts_for
+    from worker.services.config import timeouts_for
 
     own = timeouts_for(config, settings)
     params = {
@@ -265,11 +265,11 @@ def check_service(config: ServiceConfig, settings: Settings, timeout: float) -> 
 
 def list_configured_services(settings: Settings) -> list[ServiceConfig]:
     """Every configured service (all users), from the database or the development file."""
-    from worker.registry import list_services
+    from worker.services.registry import list_services
 
     if settings.development_mode:
         return list_services(None)
-    from worker.db import session_scope
+    from worker.db.engine import session_scope
 
     with session_scope() as session:
         return list_services(session)
@@ -291,23 +291,23 @@ def stuck_cutoff(settings: Settings, now: datetime) -> datetime:
 
 def find_stuck(settings: Settings, now: datetime | None = None, fix: bool = False) -> list[dict[str, Any]]:
     """Rows left `running` past the hard time limit; with `fix`, marked `error` (STUCK_REASON)."""
-    from worker import executions
-    from worker.db import session_scope
-    from worker.models import McpExecution
+    from worker.db.engine import session_scope
+    from worker.db.models import McpExecution
+    from worker.execution import audit
 
     cutoff = stuck_cutoff(settings, now or datetime.now(UTC))
     with session_scope() as session:
-        # The same rows `executions.mark_stuck` takes: the one place that persists the transition.
+        # The same rows `audit.mark_stuck` takes: the one place that persists the transition.
         rows = session.execute(
             sa.select(McpExecution.id, McpExecution.task_id, McpExecution.attempts)
             .where(
-                McpExecution.status.in_([executions.Status.RUNNING.value, executions.Status.PENDING.value]),
+                McpExecution.status == audit.Status.RUNNING.value,
                 sa.func.coalesce(McpExecution.lease_expires_at, McpExecution.started_at) < cutoff,
             )
             .order_by(McpExecution.id)
         ).all()
         if fix and rows:
-            executions.mark_stuck(session, cutoff, STUCK_REASON)
+            audit.mark_stuck(session, cutoff, STUCK_REASON)
     return [{"id": r.id, "task_id": r.task_id, "attempts": r.attempts} for r in rows]
 
 

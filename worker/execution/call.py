@@ -22,15 +22,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from worker import executions, mcp, registry
-from worker.db import session_scope
+from worker import mcp
+from worker.db.engine import autocommit, session_scope
 from worker.errors import ExecutionHeld, PermanentError, ToolFailed, TransientError, WorkerError
+from worker.execution import audit
+from worker.execution.claim import Claim, claim
 from worker.redaction import redact, redact_params, register_secrets
-from worker.registry import ServiceConfig
-from worker.settings import CALL_MARGIN_S, Settings, get_settings
+from worker.services import registry
+from worker.services.config import ServiceConfig, Timeouts, timeouts_for
+from worker.settings import Settings, get_settings
 from worker.validation import validate_tool_request
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def merge_arguments(config: ServiceConfig, arguments: dict[str, Any]) -> dict[st
     return {**config.tool_defaults, **arguments}
 
 
-def _wait_for_holder(task_id: str, begun: executions.Begun, give_up_at: float) -> CallResult | None:
+def _wait_for_holder(task_id: str, begun: audit.Begun, give_up_at: float) -> CallResult | None:
     """Another delivery of this task holds the row: wait for its outcome and return it, or
     return None once its lease has run out (the holder died) so the caller claims the row.
 
@@ -100,37 +102,84 @@ def _wait_for_holder(task_id: str, begun: executions.Begun, give_up_at: float) -
             )
         time.sleep(HOLDER_POLL_S)
         with session_scope() as session:
-            status, result, error, attempts, held_until = executions.outcome(session, task_id)
-        if status == executions.Status.SUCCESS:
+            status, result, error, attempts, held_until = audit.outcome(session, task_id)
+        if status == audit.Status.SUCCESS:
             return CallResult(begun.id, task_id, "success", result, None, attempts or 0, True)
-        if status == executions.Status.ERROR:
+        if status == audit.Status.ERROR:
             raise PermanentError(f"another delivery of this task failed: {error}")
-        if status == executions.Status.RETRYING:
+        if status == audit.Status.RETRYING:
             # The holder failed transiently and its retry is already scheduled: nothing to add.
             return CallResult(begun.id, task_id, "retrying", None, None, attempts or 0, True)
         if held_until is None or held_until < datetime.now(UTC):
             return None
 
 
-def _resolve(
-    user: str, desc: str, connection: Connection, begun: executions.Begun
-) -> ServiceConfig | Exception:
-    """The service, or the error resolving it, for `run_tool_call` to record and raise with the
-    rest of the call's failures (a database outage is raised at once: nothing can be recorded).
-    The claim has usually fetched the service's rows already; otherwise they are looked up here."""
-    try:
-        if begun.looked_up is not None:
-            return registry.from_rows(begun.looked_up, user, desc)
-        return registry.resolve(user, desc, connection)
-    except DBAPIError:
-        logger.warning("execution %s could not reach the database; the task will retry", begun.id)
-        raise
-    except Exception as exc:
-        return exc
-
-
 def _elapsed_ms(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
+
+
+def _owner(task_id: str) -> str:
+    """Stable for this task in this process and thread: a retry that lands here after a database
+    outage reclaims its own lease at once; any other copy of the task must wait it out."""
+    where = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{task_id}"
+    return hashlib.sha256(where.encode()).hexdigest()[:32]
+
+
+def _claim_deadline(started: float, user: str, desc: str, settings: Settings) -> float:
+    """The last moment (monotonic) this delivery may claim the row and still fit a call to the
+    service, with the service's own timeouts, inside its soft time limit."""
+    try:
+        timeouts = timeouts_for(registry.resolve(user, desc), settings)
+    except WorkerError:
+        # The claim will record why the service cannot be used; any budget will do until then.
+        timeouts = Timeouts(settings.connect_timeout, settings.call_timeout)
+    return started + settings.task_soft_time_limit - timeouts.bound
+
+
+def record_failure(
+    task_id: str,
+    message: str,
+    *,
+    started: float | None,
+    final: bool,
+    params: Any = None,
+    override_success: bool = False,
+) -> None:
+    """Persist one failed attempt of the call: `error` when `final`, else `retrying`
+    (`override_success`: a report whose data call succeeded but whose rendering then failed)."""
+    elapsed = _elapsed_ms(started) if started is not None else None
+    with session_scope() as session:
+        audit.fail(
+            session,
+            task_id,
+            message=message,
+            elapsed_ms=elapsed,
+            final=final,
+            params=params,
+            override_success=override_success,
+        )
+
+
+def _claim_or_wait(task_id: str, values: dict[str, Any], settings: Settings) -> Claim | CallResult:
+    """This attempt's claim on the row, or the outcome of the delivery that holds it."""
+    started = time.monotonic()
+    give_up_at: float | None = None
+    while True:
+        # No transaction: the claim, with the service lookup, is one statement on PostgreSQL.
+        claimed = autocommit(lambda connection: claim(connection, values, settings))
+        row = claimed.row
+        if row.already_succeeded:
+            logger.info("execution %s already succeeded; returning the stored result", row.id)
+            return CallResult(
+                row.id, task_id, "success", row.result, row.execution_time_ms, row.attempts, True
+            )
+        if claimed.claimed:
+            return claimed
+        if give_up_at is None:
+            give_up_at = _claim_deadline(started, values["b_user_id"], values["b_service"], settings)
+        held = _wait_for_holder(task_id, row, give_up_at)
+        if held is not None:
+            return held
 
 
 def run_tool_call(
@@ -149,123 +198,82 @@ def run_tool_call(
         InvalidArguments: the request itself is malformed (no row is written).
         PermanentError: recorded as `error`; retrying cannot help.
         TransientError: recorded as `retrying`, or `error` when `final_attempt`.
+        ExecutionHeld: another delivery holds the row longer than this one can wait.
     """
     settings = settings or get_settings()
-    # The last moment this delivery may claim the row and still fit a call in its soft time limit.
-    budget = settings.task_soft_time_limit - settings.connect_timeout - settings.call_timeout - CALL_MARGIN_S
-    give_up_at = time.monotonic() + budget
     user, desc, name, args = validate_tool_request(
         user_id, service, tool, arguments, max_argument_bytes=settings.max_argument_bytes
     )
-    # Stable for this task in this process and thread: a retry that lands here after a database
-    # outage reclaims its own lease at once; any other copy of the task must wait it out.
-    owner = hashlib.sha256(
-        f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{task_id}".encode()
-    ).hexdigest()[:32]
-    claimed_params = redact_params(args)
+    values = audit.claim_values(
+        task_id=task_id,
+        user_id=user,
+        service=desc,
+        tool=name,
+        params=redact_params(args),
+        owner=_owner(task_id),
+        lease_seconds=settings.task_soft_time_limit,
+    )
+    claimed = _claim_or_wait(task_id, values, settings)
+    if isinstance(claimed, CallResult):
+        return claimed
+    return _call(claimed, task_id, name, args, values["b_params"], final_attempt, settings)
 
-    def claim(connection: Connection) -> tuple[executions.Begun, ServiceConfig | Exception | None]:
-        begun = executions.begin(
-            connection,
-            task_id=task_id,
-            user_id=user,
-            service=desc,
-            tool=name,
-            params=claimed_params,
-            owner=owner,
-            lease_seconds=settings.task_soft_time_limit,
-            # Services come from a file in development mode.
-            lookup=None if settings.development_mode else registry.LOOKUP,
-        )
-        return begun, _resolve(user, desc, connection, begun) if begun.claimed else None
 
-    while True:
-        # No transaction: the claim, with the service lookup, is one statement on PostgreSQL.
-        begun, resolved = executions.autocommit(claim)
-        if begun.already_succeeded:
-            logger.info("execution %s already succeeded; returning the stored result", begun.id)
-            return CallResult(
-                begun.id, task_id, "success", begun.result, begun.execution_time_ms, begun.attempts, True
-            )
-        if begun.claimed:
-            break
-        held = _wait_for_holder(task_id, begun, give_up_at)
-        if held is not None:
-            return held
-
+def _call(
+    claimed: Claim,
+    task_id: str,
+    name: str,
+    args: dict[str, Any],
+    claimed_params: Any,
+    final_attempt: bool,
+    settings: Settings,
+) -> CallResult:
+    """The claimed attempt: call the tool and persist its outcome, whatever it is."""
+    row = claimed.row
     started = time.perf_counter()
     stored_params: Any = None
     try:
-        if isinstance(resolved, Exception):
-            raise resolved
-        assert resolved is not None  # looked up whenever the row was claimed
-        config = resolved
+        if claimed.service_error is not None:
+            raise claimed.service_error
+        config = claimed.service
+        assert config is not None  # a claim carries the service or the reason there is none
         register_secrets(config.secrets())
         merged = merge_arguments(config, args)
         stored_params = redact_params(merged, config.secrets())
         outcome = mcp.call_tool(config, name, merged, settings=settings)
         if outcome.is_error:
             raise ToolFailed(f"tool {name!r} reported an error: {outcome.message or 'no message'}")
-        result, encoded = executions.encode_result(
+        result, encoded = audit.encode_result(
             redact_params(outcome.result, config.secrets()), settings.max_result_bytes
         )
     except WorkerError as exc:
         final = final_attempt or not isinstance(exc, TransientError)
         message = redact(f"{type(exc).__name__}: {exc}")
-        with session_scope() as session:
-            executions.fail(
-                session,
-                task_id,
-                message=message,
-                elapsed_ms=_elapsed_ms(started),
-                final=final,
-                params=stored_params,
-            )
-        logger.warning(
-            "execution %s attempt %d failed (%s): %s",
-            begun.id,
-            begun.attempts,
-            "final" if final else "retry",
-            message,
-        )
+        record_failure(task_id, message, started=started, final=final, params=stored_params)
+        kind = "final" if final else "retry"
+        logger.warning("execution %s attempt %d failed (%s): %s", row.id, row.attempts, kind, message)
         raise
     except SoftTimeLimitExceeded:
         message = f"ServerTimeout: the task's soft time limit ({settings.task_soft_time_limit} s) ran out"
-        with session_scope() as session:
-            executions.fail(
-                session,
-                task_id,
-                message=message,
-                elapsed_ms=_elapsed_ms(started),
-                final=True,
-                params=stored_params,
-            )
+        record_failure(task_id, message, started=started, final=True, params=stored_params)
         raise
     except DBAPIError:
         # The database went away: nothing can be recorded now; the task retries, and its retry
         # reclaims this row (same owner) or, elsewhere, waits out the lease.
-        logger.warning("execution %s could not reach the database; the task will retry", begun.id)
+        logger.warning("execution %s could not reach the database; the task will retry", row.id)
         raise
     except Exception as exc:
         # Anything unclassified is a bug or a failure mode we have not met: record it, never lose it.
         message = redact(f"unexpected {type(exc).__name__}: {exc}")
-        with session_scope() as session:
-            executions.fail(
-                session,
-                task_id,
-                message=message,
-                elapsed_ms=_elapsed_ms(started),
-                final=True,
-                params=stored_params,
-            )
-        logger.exception("execution %s failed unexpectedly", begun.id)
+        record_failure(task_id, message, started=started, final=True, params=stored_params)
+        logger.exception("execution %s failed unexpectedly", row.id)
         raise
     elapsed = _elapsed_ms(started)
     # A row this attempt created already holds these params when no service default was merged.
-    new_params = None if begun.attempts == 1 and stored_params == claimed_params else stored_params
-    executions.autocommit(
-        lambda connection: executions.succeed(
+    new_params = None if row.attempts == 1 and stored_params == claimed_params else stored_params
+    autocommit(
+        lambda connection: audit.succeed(
             connection, task_id, result=result, elapsed_ms=elapsed, params=new_params, encoded=encoded
         )
     )
-    return CallResult(begun.id, task_id, "success", result, elapsed, begun.attempts, encoded=encoded)
+    return CallResult(row.id, task_id, "success", result, elapsed, row.attempts, encoded=encoded)

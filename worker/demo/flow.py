@@ -35,7 +35,7 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 EMBEDDED_OVERRIDES = ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DEVELOPMENT_MODE")
 
-STDIO_COMMAND = f"{shlex.quote(sys.executable)} -m worker.demo_server --transport stdio"
+STDIO_COMMAND = f"{shlex.quote(sys.executable)} -m worker.demo.server --transport stdio"
 
 
 class DemoFailed(WorkerError):
@@ -121,7 +121,7 @@ def start_demo_server(
     argv = [
         sys.executable,
         "-m",
-        "worker.demo_server",
+        "worker.demo.server",
         "--transport",
         transport,
         "--port",
@@ -168,9 +168,9 @@ def start_worker(stack: ExitStack, env: Mapping[str, str], log_dir: Path, *, wit
 
 
 def _point_samples_at_demo_servers(http_port: int, sse_port: int) -> None:
-    from worker.db import session_scope
-    from worker.registry import save_service
-    from worker.sample_data import SAMPLE_SERVICES, load_sample_data
+    from worker.db.engine import session_scope
+    from worker.demo.sample_data import SAMPLE_SERVICES, load_sample_data
+    from worker.services.store import save_service
 
     urls = {
         "openproject_weekly_report": f"http://127.0.0.1:{http_port}/mcp",
@@ -192,20 +192,20 @@ DEMO_CALLS = (
 
 
 def _final_rows(task_ids: list[str]) -> dict[str, dict[str, Any]]:
-    from worker import executions
-    from worker.db import session_scope
+    from worker.db.engine import session_scope
+    from worker.execution import audit
 
     rows = {}
     with session_scope() as session:
         for task_id in task_ids:
-            row = executions.get(session, task_id)
-            if row is not None and row.status in (executions.Status.SUCCESS, executions.Status.ERROR):
-                rows[task_id] = executions.as_dict(row)
+            row = audit.get(session, task_id)
+            if row is not None and row.status in (audit.Status.SUCCESS, audit.Status.ERROR):
+                rows[task_id] = audit.as_dict(row)
     return rows
 
 
 def _report_row(task_id: str) -> dict[str, Any] | None:
-    from worker.db import session_scope
+    from worker.db.engine import session_scope
     from worker.reports.storage import report_as_dict, report_for_task
 
     with session_scope() as session:
@@ -227,9 +227,9 @@ def run_demo(*, keep_running: bool = False) -> int:
     os.environ.update({k: env[k] for k in ("MCP_STDIO_ALLOWED_COMMANDS",)})
     reset_settings()
     settings = get_settings()
-    from worker import schema
     from worker.cli.output import print_table
     from worker.client import submit_report, submit_tool
+    from worker.db import schema
 
     started = time.monotonic()
     log_dir = settings.data_dir / "logs"

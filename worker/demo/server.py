@@ -1,12 +1,12 @@
 """An OpenProject-like MCP server for demos, tests and benchmarks.
 
-    python -m worker.demo_server --transport streamable-http --port 0 [--token T] [--test-tools]
+    python -m worker.demo.server --transport streamable-http --port 0 [--token T] [--test-tools]
 
 Tools: `fetch_weekly_report`, `list_projects`, `echo`, `whoami`; with `--test-tools` (or
 `MCP_DEMO_TEST_TOOLS=1`) also `sleep`, `fail`, `big_result`, `crash` and `env_digest`, which exist to
 inject faults and must never be enabled on a server anyone else can reach.
 
-The data lives in `worker/data/demo_projects.json`. Due dates are stored as offsets from the Monday
+The data lives in `worker/demo/data/demo_projects.json`. Due dates are stored as offsets from the Monday
 of the requested ISO week, so every week shows the same mix of overdue, due and future work and a
 report for a given week is deterministic. A work package is overdue when it is not Completed and
 its due date is on or before the Sunday that ends the requested week.
@@ -279,7 +279,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m worker.demo_server --transport streamable-http --port 0`."""
+    """Command line: `python -m worker.demo.server --transport streamable-http --port 0`."""
     parser = argparse.ArgumentParser(prog="mcp-worker demo-server", description=__doc__.split("\n")[0])
     parser.add_argument("--transport", choices=TRANSPORTS, default="streamable-http")
     parser.add_argument("--host", default="127.0.0.1")

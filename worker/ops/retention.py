@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from worker.db import session_scope
-from worker.models import McpExecution, McpReport
+from worker.db.engine import session_scope
+from worker.db.models import McpExecution, McpReport
 from worker.settings import get_settings
 
 logger = logging.getLogger(__name__)

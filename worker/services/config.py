@@ -1,0 +1,309 @@
+"""One service record, whatever its source: the typed `ServiceConfig` and its validation.
+
+SQL-free (no SQLAlchemy, no cryptography): the MCP runtime and the producers may import it. A
+record is validated on the way in, so a bad one is refused when it is saved (or when the services
+file is read), not at first use. Also here: the limits a call derives from its service
+(`timeouts`), and the stdio policy (`stdio_command`: which programs a service may start).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from worker.errors import CommandNotAllowed, InvalidService, ServiceNotFound
+from worker.settings import CALL_MARGIN_S, Settings, get_settings
+from worker.validation import DESC_MAX, USER_ID_MAX
+
+GLOBAL_USER = "global"
+
+Mode = Literal["stdio", "sse", "streamable_http"]
+MODE_ALIASES: dict[str, Mode] = {
+    "stdio": "stdio",
+    "sse": "sse",
+    "streamable_http": "streamable_http",
+    "streamable-http": "streamable_http",
+    "streamful_http": "streamable_http",  # the seed's spelling
+    "http": "streamable_http",
+}
+AUTH_TYPES = frozenset({"none", "api_key", "bearer", "oauth"})
+
+# Keys of `params` that configure the worker rather than the tool; they never reach the server.
+RESERVED_PARAMS = frozenset({"connect_timeout", "call_timeout", "report_tool", "refine"})
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def normalize_mode(raw: object) -> Mode:
+    """Map a stored `interaction_mode` (aliases included) onto one of the three transports.
+
+    Raises:
+        InvalidService: the mode is not one we speak.
+    """
+    mode = MODE_ALIASES.get(str(raw).strip().lower()) if isinstance(raw, str) else None
+    if mode is None:
+        allowed = ", ".join(sorted(MODE_ALIASES))
+        raise InvalidService(f"interaction_mode {raw!r} is not supported; use one of: {allowed}")
+    return mode
+
+
+def mask_secret(secret: str | None) -> str:
+    """A form of a secret that is safe to print: its last 4 characters at most."""
+    if not secret:
+        return ""
+    if len(secret) <= 8:
+        return "****"
+    return "****" + secret[-4:]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One usable service record, whatever its source."""
+
+    user_id: str
+    desc: str
+    mode: Mode
+    url: str | None
+    endpoint: str | None
+    api_key: str = field(repr=False)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    auth: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    id: int | None = None
+
+    @property
+    def auth_type(self) -> str:
+        return str(self.auth.get("type", "api_key"))
+
+    @property
+    def tool_defaults(self) -> dict[str, Any]:
+        """The default tool arguments: `params` without the worker's reserved keys."""
+        return {k: v for k, v in self.params.items() if k not in RESERVED_PARAMS}
+
+    def secrets(self) -> list[str]:
+        """Every secret value this record carries (for redaction)."""
+        found = [self.api_key] if self.api_key else []
+        found += [str(v) for k, v in self.auth.items() if k in ("value", "token", "password") and v]
+        return found
+
+    def credential_hash(self) -> str:
+        """A digest of the credentials, so pooled sessions are never shared across keys."""
+        material = json.dumps([self.api_key, dict(self.auth)], sort_keys=True, default=str)
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    def public_dict(self) -> dict[str, Any]:
+        """The record as safe to print: api key masked, auth secrets masked."""
+        auth = {
+            k: (mask_secret(str(v)) if k in ("value", "token", "password") else v)
+            for k, v in self.auth.items()
+        }
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "desc": self.desc,
+            "interaction_mode": self.mode,
+            "url": self.url,
+            "endpoint": self.endpoint,
+            "api_key": mask_secret(self.api_key),
+            "params": dict(self.params),
+            "auth": auth,
+        }
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The limits of one call to a service: settings' defaults, overridden by its `params`/`auth`."""
+
+    connect: float
+    call: float
+
+    @property
+    def bound(self) -> float:
+        """The longest one call may block its caller: connect + call, plus the runtime's margin."""
+        return self.connect + self.call + CALL_MARGIN_S
+
+
+def _timeout_overrides(sources: Iterable[Mapping[str, Any]], where: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for key in ("connect_timeout", "call_timeout"):
+        for source in sources:
+            value = source.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise InvalidService(f"{where}: {key} must be a positive number of seconds")
+            found[key] = float(value)
+    return found
+
+
+def timeouts_for(config: ServiceConfig, settings: Settings) -> Timeouts:
+    """The one place a call's timeouts are decided: the service's own, else the settings'."""
+    found = _timeout_overrides((config.params, config.auth), f"service {config.desc!r}")
+    return Timeouts(
+        found.get("connect_timeout", settings.connect_timeout),
+        found.get("call_timeout", settings.call_timeout),
+    )
+
+
+def _require_str(record: Mapping[str, Any], key: str, max_len: int, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidService(f"{where}: {key!r} is required and must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidService(f"{where}: {key!r} is longer than {max_len} characters")
+    return value
+
+
+def _optional_str(record: Mapping[str, Any], key: str, where: str, max_len: int = 255) -> str | None:
+    value = record.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidService(f"{where}: {key!r} must be a string")
+    if len(value) > max_len:
+        raise InvalidService(f"{where}: {key!r} is longer than {max_len} characters")
+    return value
+
+
+def _json_object(record: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = record.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidService(f"{where}: {key!r} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidService(f"{where}: {key!r} must be a JSON object")
+    return value
+
+
+def _check_http_url(url: str, where: str, settings: Settings) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidService(f"{where}: url {url!r} must be an http(s) URL with a host")
+    if settings.allowed_hosts and parts.hostname not in settings.allowed_hosts:
+        raise InvalidService(f"{where}: host {parts.hostname!r} is not in MCP_ALLOWED_HOSTS")
+
+
+def validate_record(record: Mapping[str, Any], settings: Settings | None = None) -> ServiceConfig:
+    """Turn a raw record (a row, a JSON object, CLI options) into a `ServiceConfig`.
+
+    Raises:
+        InvalidService: a field is missing, of the wrong type, or not allowed.
+    """
+    settings = settings or get_settings()
+    where = f"service {record.get('user_id')!r}/{record.get('desc')!r}"
+    user_id = _require_str(record, "user_id", USER_ID_MAX, where)
+    desc = _require_str(record, "desc", DESC_MAX, where)
+    mode = normalize_mode(record.get("interaction_mode"))
+    url = _optional_str(record, "url", where)
+    endpoint = _optional_str(record, "endpoint", where)
+    api_key = record.get("api_key")
+    if not isinstance(api_key, str) or len(api_key) > 255:
+        raise InvalidService(f"{where}: 'api_key' is required (a string of at most 255 characters)")
+    params = _json_object(record, "params", where)
+    auth = _json_object(record, "auth", where)
+
+    auth_type = auth.get("type", "api_key")
+    if auth_type not in AUTH_TYPES:
+        raise InvalidService(
+            f"{where}: auth type {auth_type!r} is not one of {', '.join(sorted(AUTH_TYPES))}"
+        )
+    header = auth.get("header")
+    if header is not None and (not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", header)):
+        raise InvalidService(f"{where}: auth header {header!r} is not a valid HTTP header name")
+    env_map = auth.get("env", {})
+    if not isinstance(env_map, dict) or not all(
+        isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env_map.items()
+    ):
+        raise InvalidService(f"{where}: auth.env must map environment variable names to strings")
+    found = _timeout_overrides((params, auth), where)
+    timeouts = Timeouts(
+        found.get("connect_timeout", settings.connect_timeout),
+        found.get("call_timeout", settings.call_timeout),
+    )
+    if timeouts.bound >= settings.task_soft_time_limit:
+        raise InvalidService(
+            f"{where}: connect_timeout + call_timeout ({timeouts.connect + timeouts.call:.0f} s) must stay below the "
+            f"task's soft time limit (MCP_TASK_SOFT_TIME_LIMIT={settings.task_soft_time_limit} s) minus "
+            f"{CALL_MARGIN_S:.0f} s"
+        )
+
+    if mode == "stdio":
+        if url is not None:
+            try:
+                argv = shlex.split(url)
+            except ValueError as exc:
+                raise InvalidService(f"{where}: stdio command line does not parse: {exc}") from None
+            if not argv:
+                raise InvalidService(f"{where}: stdio command line is empty")
+    else:
+        if url is None:
+            raise InvalidService(f"{where}: an {mode} service needs a url")
+        _check_http_url(url, where, settings)
+
+    rid = record.get("id")
+    return ServiceConfig(
+        user_id=user_id,
+        desc=desc,
+        mode=mode,
+        url=url,
+        endpoint=endpoint,
+        api_key=api_key,
+        params=params,
+        auth=auth,
+        id=rid if isinstance(rid, int) else None,
+    )
+
+
+def pick_for_user(candidates: Iterable[ServiceConfig], user_id: str, desc: str) -> ServiceConfig:
+    """The candidate named `desc` that `user_id` sees: their own, else the global one.
+
+    Raises:
+        ServiceNotFound: neither is among the candidates.
+    """
+    by_user = {c.user_id: c for c in candidates if c.desc == desc}
+    found = by_user.get(user_id) or by_user.get(GLOBAL_USER)
+    if found is None:
+        raise ServiceNotFound(user_id, desc)
+    return found
+
+
+def stdio_command(config: ServiceConfig, settings: Settings) -> tuple[str, ...]:
+    """The argv a stdio service runs: its url split like a shell would, else the default command.
+
+    Raises:
+        InvalidService: no command at all, or a url that does not parse.
+        CommandNotAllowed: the executable is not in MCP_STDIO_ALLOWED_COMMANDS.
+    """
+    return _stdio_argv(
+        config.url, config.desc, settings.stdio_default_command, settings.stdio_allowed_commands
+    )
+
+
+# Pure, and asked on every call (the pool key): split once per command line, not once per call.
+@functools.lru_cache(maxsize=1024)
+def _stdio_argv(
+    url: str | None, desc: str, default_command: tuple[str, ...], allowed: tuple[str, ...]
+) -> tuple[str, ...]:
+    try:
+        argv = shlex.split(url) if url else list(default_command)
+    except ValueError as exc:
+        raise InvalidService(f"stdio command line of {desc!r} does not parse: {exc}") from None
+    if not argv:
+        raise InvalidService(f"service {desc!r} has no command; set its url or MCP_STDIO_DEFAULT_COMMAND")
+    executable = argv[0]
+    if executable not in allowed and os.path.basename(executable) not in allowed:
+        raise CommandNotAllowed(
+            f"stdio command {executable!r} is not allowed; add it to MCP_STDIO_ALLOWED_COMMANDS to run it"
+        )
+    return tuple(argv)
