@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,25 +23,40 @@ _SECRET_KEY = re.compile(
 )
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
 
+# The log filter masks the secrets of the most recent services a process called. Bounded, so a
+# long-lived worker serving many users does not keep every credential it ever saw (nor pay for
+# them on every log line); a secret is refreshed each time its service is called, so only the
+# credentials of services idle through this many others are forgotten. A call's own results
+# and errors are redacted with its secrets passed explicitly, whatever this set holds.
+MAX_KNOWN_SECRETS = 512
+
 _lock = threading.Lock()
-_known: set[str] = set()
+_known: OrderedDict[str, None] = OrderedDict()
 _ordered: tuple[str, ...] = ()
 
 
 def register_secrets(secrets: Iterable[str]) -> None:
-    """Remember secret values so `redact` (and the log filter) masks them from now on."""
+    """Remember secret values so `redact` (and the log filter) masks them from now on, keeping
+    at most `MAX_KNOWN_SECRETS` (the least recently registered go first)."""
     global _ordered
-    fresh = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_LEN}
-    if fresh - _known:
-        with _lock:
-            _known.update(fresh)
-            # Longest first, so a secret that contains another is masked whole; sorted once here
-            # rather than on every redact() (every log line and every result string).
-            _ordered = tuple(sorted(_known, key=len, reverse=True))
-
-
-def known_secrets() -> frozenset[str]:
-    return frozenset(_known)
+    fresh = [s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_LEN]
+    if not fresh:
+        return
+    with _lock:
+        added = False
+        for secret in fresh:
+            if secret in _known:
+                _known.move_to_end(secret)
+            else:
+                _known[secret] = None
+                added = True
+        if not added:
+            return
+        while len(_known) > MAX_KNOWN_SECRETS:
+            _known.popitem(last=False)
+        # Longest first, so a secret that contains another is masked whole; sorted once here
+        # rather than on every redact() (every log line and every result string).
+        _ordered = tuple(sorted(_known, key=len, reverse=True))
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
