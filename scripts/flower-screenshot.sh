@@ -58,7 +58,7 @@ cli db upgrade >/dev/null
 
 MCP_PORT="$(free_port)"
 TOKEN="demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
-"$PY" -m worker.demo_server --transport streamable-http --port "$MCP_PORT" --token "$TOKEN" \
+"$PY" -m worker.demo.server --transport streamable-http --port "$MCP_PORT" --token "$TOKEN" \
     >"$WORK/demo-server.log" 2>&1 &
 PIDS+=($!)
 wait_for 30 "the demo MCP server" "$PY" -c "import socket; socket.create_connection(('127.0.0.1', $MCP_PORT), 1)"

@@ -1,4 +1,4 @@
-"""The hot path's statements as PostgreSQL prepared statements (`worker.prepared`).
+"""The hot path's statements as PostgreSQL prepared statements (`worker.db.prepared`).
 
 Each pooled connection prepares the claim and the success write once; a connection that lost them
 (a new server backend behind a pooler, here `DEALLOCATE ALL`) prepares them again, a replaced

@@ -1,4 +1,4 @@
-"""Audit rows over time: reading them (`mcp-worker executions`) and pruning them (`worker.retention`)."""
+"""Audit rows over time: reading them (`mcp-worker executions`) and pruning them (`worker.ops.retention`)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Two rules, applied by code rather than by remembering: values under secret-looking keys are
 masked wherever a structure is stored or printed (`redact_params`), and every known secret value
 (the resolved service's api key and auth values, registered with `register_secrets`) is replaced
-in any text that leaves the worker (`redact`). The logging filter in `worker.logs` applies `redact`
+in any text that leaves the worker (`redact`). The logging filter in `worker.ops.logs` applies `redact`
 to every log line.
 """
 

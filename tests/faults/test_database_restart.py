@@ -1,6 +1,6 @@
 """Postgres restarted under load, on a private cluster: tasks that could not write their row retry
 and finish once the database is back; a row left `running` by a worker that never comes back is
-turned into `error` by `worker.executions.mark_stuck` once its lease has run out."""
+turned into `error` by `worker.execution.audit.mark_stuck` once its lease has run out."""
 
 from __future__ import annotations
 

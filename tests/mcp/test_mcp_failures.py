@@ -360,7 +360,7 @@ def test_shutdown_from_atexit_leaves_no_child(tmp_path: Any) -> None:
     script.write_text(
         "import atexit, sys\n"
         "from worker import mcp\n"
-        "from worker.registry import ServiceConfig\n"
+        "from worker.services.config import ServiceConfig\n"
         "from worker.settings import Settings\n"
         "atexit.register(mcp.shutdown_runtime)\n"
         f"settings = Settings.from_env({{'MCP_STDIO_ALLOWED_COMMANDS': {PYTHON!r}}})\n"

@@ -1,6 +1,6 @@
 """What a tool call produced, and which `worker.errors` class a failure belongs to.
 
-What the SDK (mcp 2.3) actually raises, measured against `worker.demo_server` (MCPServer), the
+What the SDK (mcp 2.3) actually raises, measured against `worker.demo.server` (MCPServer), the
 npm `@modelcontextprotocol/server-everything` and dead ports (see tests/mcp):
 
 - connect refused / DNS failure: `httpx2.ConnectError` (streamable HTTP: inside ExceptionGroups).

@@ -281,7 +281,7 @@ def list_configured_services(settings: Settings) -> list[ServiceConfig]:
 def stuck_cutoff(settings: Settings, now: datetime) -> datetime:
     """Rows whose lease ran out before this are past their hard time limit, so their worker died.
 
-    A claim's lease runs for the task soft time limit from the attempt's start (worker.execute);
+    A claim's lease runs for the task soft time limit from the attempt's start (worker.execution.call);
     a holder still alive at its lease's end is killed by the longest hard limit, `hard - soft`
     later. Rows without a lease (before migration 0004) count from `started_at`.
     """

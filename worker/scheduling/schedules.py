@@ -1,7 +1,7 @@
 """Per-user report schedules in the database, and the beat tick that dispatches them.
 
 Every minute `dispatch_due` finds enabled schedules whose next run time has come, computes each
-one's slot (`worker.schedule_math`), claims the slot with a conditional UPDATE (so two beat
+one's slot (`worker.scheduling.cron`), claims the slot with a conditional UPDATE (so two beat
 processes cannot both claim it), commits, and only then enqueues `mcp.generate_report` with a
 task id derived from (schedule, slot). The deterministic id and the unique (schedule, period)
 constraint on `mcp_reports` make any double dispatch produce one report.
