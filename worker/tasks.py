@@ -6,6 +6,7 @@ Names are the producer contract (DESIGN.md); payloads are JSON and carry no secr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Task
@@ -56,6 +57,15 @@ def _defer(task: Task, held: ExecutionHeld) -> NoReturn:
     raise Ignore()
 
 
+def _run(task: Task, work: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
+    """`work` for this delivery of `task`, its outcome's summary as the task's result."""
+    try:
+        outcome = work(task_id=task.request.id, final_attempt=_final_attempt(task), **kwargs)
+    except ExecutionHeld as held:
+        _defer(task, held)
+    return outcome.summary()
+
+
 @app.task(
     name=names.EXECUTE_TOOL,
     bind=True,
@@ -69,18 +79,7 @@ def execute_tool(
     self: Task, user_id: str, service: str, tool: str, arguments: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Call `tool` on the user's `service`; the full result lives in `mcp_executions`."""
-    try:
-        outcome = run_tool_call(
-            task_id=self.request.id,
-            user_id=user_id,
-            service=service,
-            tool=tool,
-            arguments=arguments,
-            final_attempt=_final_attempt(self),
-        )
-    except ExecutionHeld as held:
-        _defer(self, held)
-    return outcome.summary()
+    return _run(self, run_tool_call, user_id=user_id, service=service, tool=tool, arguments=arguments)
 
 
 @app.task(
@@ -106,20 +105,16 @@ def generate_report(
     """Render (and optionally refine) the user's weekly report; returns the report id."""
     from worker.reports.job import generate_report as run_report
 
-    try:
-        outcome = run_report(
-            task_id=self.request.id,
-            user_id=user_id,
-            service=service,
-            template=template,
-            period=period,
-            refine=refine,
-            schedule_id=schedule_id,
-            final_attempt=_final_attempt(self),
-        )
-    except ExecutionHeld as held:
-        _defer(self, held)
-    return outcome.summary()
+    return _run(
+        self,
+        run_report,
+        user_id=user_id,
+        service=service,
+        template=template,
+        period=period,
+        refine=refine,
+        schedule_id=schedule_id,
+    )
 
 
 @app.task(

@@ -78,17 +78,14 @@ def generate_report(
         PermanentError: recorded on the execution row (template errors included).
         TransientError: the data call may succeed later; the task retries it.
     """
+    settings = settings or get_settings()
     try:
         result = _generate(
-            task_id=task_id,
-            user_id=user_id,
-            service=service,
-            template=template,
-            period=period,
-            refine=refine,
-            schedule_id=schedule_id,
-            final_attempt=final_attempt,
-            settings=settings,
+            task_id,
+            _request(user_id, service, template, period, refine, settings),
+            schedule_id,
+            final_attempt,
+            settings,
         )
     except ExecutionHeld:
         raise  # another delivery is running this report: not an outcome of the schedule
@@ -133,23 +130,30 @@ def _render(
         raise
 
 
-def _generate(
-    *,
-    task_id: str,
-    user_id: object,
-    service: object,
-    template: object = None,
-    period: object = None,
-    refine: object = None,
-    schedule_id: int | None = None,
-    final_attempt: bool,
-    settings: Settings | None = None,
-) -> ReportResult:
-    settings = settings or get_settings()
+@dataclass(frozen=True)
+class ReportRequest:
+    """A report request as checked: who, which service, and the optional template, week, refine."""
+
+    user: str
+    service: str
+    template: str | None
+    period: str | None
+    refine: bool | None
+
+
+def _request(
+    user_id: object, service: object, template: object, period: object, refine: object, settings: Settings
+) -> ReportRequest:
     user, desc, _, _ = validate_tool_request(
         user_id, service, DEFAULT_DATA_TOOL, {}, max_argument_bytes=settings.max_argument_bytes
     )
-    template_name, period_name, refine_flag = validate_report_request(template, period, refine)
+    return ReportRequest(user, desc, *validate_report_request(template, period, refine))
+
+
+def _generate(
+    task_id: str, request: ReportRequest, schedule_id: int | None, final_attempt: bool, settings: Settings
+) -> ReportResult:
+    user, desc = request.user, request.service
     with session_scope() as session:
         existing = report_for_task(session, task_id)
         if existing is not None:
@@ -158,8 +162,8 @@ def _generate(
                 existing.id, task_id, existing.period, existing.refined, existing.refine_error, False
             )
 
-    period_name = period_name or last_complete_iso_week(datetime.now(UTC))
-    data_tool, wanted = _plan(user, desc, refine_flag)
+    period_name = request.period or last_complete_iso_week(datetime.now(UTC))
+    data_tool, wanted = _plan(user, desc, request.refine)
     call = run_tool_call(
         task_id=task_id,
         user_id=user,
@@ -169,7 +173,7 @@ def _generate(
         final_attempt=final_attempt,
         settings=settings,
     )
-    name = template_name or DEFAULT_TEMPLATE
+    name = request.template or DEFAULT_TEMPLATE
     rendered, context = _render(task_id, name, call, data_tool, period_name)
     outcome = _refine(rendered.text, context, wanted, settings)
     report_id = _store(task_id, user, desc, name, period_name, rendered, outcome, call, schedule_id)
