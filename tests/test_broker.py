@@ -181,3 +181,48 @@ def test_only_a_missing_or_forbidden_command_switches_to_kombus_take(
     # A failover replica or a full Redis is a passing state: it must not cost the atomic take for
     # the rest of the worker's life.
     assert broker._refused(error) is refused
+
+
+@contextlib.contextmanager
+def _held(url: str, queue: Queue, count: int) -> Iterator[tuple[Connection, list[Any]]]:
+    """A consumer that has taken `count` messages and acks none of them (yet)."""
+    held: list[Any] = []
+    with (
+        Connection(url, transport=broker.Transport) as connection,
+        Consumer(
+            connection, [queue], callbacks=[lambda body, message: held.append(message)], accept=["json"]
+        ),
+    ):
+        deadline = time.monotonic() + 10
+        while len(held) < count and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=1)
+        yield connection, held
+
+
+def test_a_live_worker_keeps_its_unacked_messages_fresh(url: str, client: redis.Redis, queue: Queue) -> None:
+    for n in range(3):
+        _publish(url, queue, {"n": n})
+    with _held(url, queue, 3) as (connection, held):
+        assert len(held) == 3
+        # As if the messages had been taken long ago: a sweep now would restore all three.
+        old = time.time() - 3600
+        client.zadd("unacked_index", {m.delivery_tag: old for m in held})
+        held[0].ack()
+
+        assert broker.refresh_unacked([connection.default_channel]) == 2
+        scores = {m.delivery_tag: client.zscore("unacked_index", m.delivery_tag) for m in held}
+        # The acked message stays gone; the two held ones are fresh.
+        assert scores[held[0].delivery_tag] is None
+        assert all(scores[m.delivery_tag] == pytest.approx(time.time(), abs=5) for m in held[1:])
+        with Connection(
+            url, transport=broker.Transport, transport_options={"visibility_timeout": 60}
+        ) as sweeper:
+            sweeper.default_channel.qos.restore_visible(num=None, interval=1)
+        assert client.llen(queue.name) == 0 and client.hlen("unacked") == 2
+
+
+def test_the_heartbeat_comes_several_times_per_visibility_timeout() -> None:
+    assert broker.heartbeat_interval({"visibility_timeout": 60}) == 15
+    assert broker.heartbeat_interval({"visibility_timeout": 2}) == 1  # never busier than once a second
+    assert broker.heartbeat_interval({}) == broker.DEFAULT_VISIBILITY_TIMEOUT / 4

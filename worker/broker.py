@@ -15,6 +15,13 @@ but leaves it where it was, and then takes it with the script. The wait watches 
 time, the default-priority key of each consumed queue in turn: a message on another queue or with
 a non-default priority, arriving while the worker is idle, waits up to the poll timeout (1 s).
 
+While a worker lives, it keeps its messages alive: every quarter of the visibility timeout the
+worker's main process moves the unacked-index entry of every message it holds (running, waiting
+for a pool slot, or waiting for its countdown) to the current time, so the restore sweep never
+hands a message of a live worker to another one, however long its task runs, and the visibility
+timeout can be short: it bounds only how long the messages of a dead or stopped worker wait.
+`ZADD XX` only touches entries that still exist, so an ack that lands first is never undone.
+
 `install()` makes this the transport of `redis://` and `rediss://` URLs (`sentinel://` keeps
 Kombu's) in the process, so the URL, and the tools that read it (Flower's queue lengths), stay as
 they are. Producers that do not load this app keep the stock transport: the message format and
@@ -170,8 +177,54 @@ def _refused(error: ResponseError) -> bool:
     return isinstance(error, NoPermissionError) or "unknown command" in str(error).lower()
 
 
+# A live worker refreshes its messages this many times per visibility timeout: one refresh may
+# be late (a busy event loop, a slow Redis) without its messages being restored.
+HEARTBEATS_PER_VISIBILITY_TIMEOUT = 4
+# Kombu's own default, when the transport options do not set one.
+DEFAULT_VISIBILITY_TIMEOUT = kombu_redis.Channel.visibility_timeout
+
+
+def heartbeat_interval(transport_options: dict[str, Any]) -> float:
+    """Seconds between two refreshes of a worker's unacked messages."""
+    visibility = float(transport_options.get("visibility_timeout") or DEFAULT_VISIBILITY_TIMEOUT)
+    return max(1.0, visibility / HEARTBEATS_PER_VISIBILITY_TIMEOUT)
+
+
+def refresh_unacked(channels: Any) -> int:
+    """Move the unacked-index entries of every message `channels` hold to now; returns how many."""
+    refreshed = 0
+    for channel in list(channels):
+        tags = list(channel.qos._delivered)
+        if not tags:
+            continue
+        now = time.time()
+        with channel.conn_or_acquire() as client:
+            refreshed += int(
+                client.zadd(channel.unacked_index_key, dict.fromkeys(tags, now), xx=True, ch=True)
+            )
+    return refreshed
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        cycle: Any = self.cycle  # Kombu's MultiChannelPoller (typed as the virtual transport's)
+        old = getattr(cycle, "_heartbeat_tref", None)
+        if old is not None:
+            old.cancel()  # a reconnect registers again: one heartbeat per connection
+        interval = heartbeat_interval(connection.client.transport_options)
+        cycle._heartbeat_tref = loop.call_repeatedly(interval, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        try:
+            cycle: Any = self.cycle
+            refresh_unacked(cycle._channels)
+        except self.connection_errors as exc:
+            # The next beat tries again; a worker cut off from Redis for longer than the
+            # visibility timeout has its messages restored, as a dead worker would.
+            logger.warning("could not refresh the unacked messages' heartbeat: %s", exc)
 
 
 def install() -> None:
