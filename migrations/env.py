@@ -22,9 +22,7 @@ def _engine() -> sa.Engine:
     url = config.get_main_option("sqlalchemy.url")
     settings = get_settings()
     if url:
-        from dataclasses import replace
-
-        settings = replace(settings, database_url=url)
+        settings = settings.model_copy(update={"raw_database_url": url})
     return create_engine_for(settings)
 
 

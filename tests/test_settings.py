@@ -87,3 +87,51 @@ def test_prepared_statements_are_on_unless_turned_off() -> None:
 
 def test_openai_key_is_not_in_repr() -> None:
     assert "sk-test-123" not in repr(Settings.from_env({"OPENAI_API_KEY": "sk-test-123"}))
+
+
+def test_a_given_mapping_is_all_that_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCP_MAX_RETRIES", "7")
+    assert Settings.from_env({}).max_retries == 3
+    assert Settings.from_env().max_retries == 7
+
+
+def test_blank_variables_count_as_unset_and_unknown_ones_are_ignored() -> None:
+    settings = Settings.from_env({"DB_POOL_SIZE": " ", "OPENAI_MODEL": "", "NOT_A_SETTING": "x"})
+    assert (settings.db_pool_size, settings.openai_model) == (20, "gpt-4o-mini")
+
+
+def test_every_bad_value_is_named_in_one_configuration_error() -> None:
+    # Never pydantic's own ValidationError: callers catch ConfigurationError (a WorkerError).
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({"DB_POOL_SIZE": "0", "MCP_LEASE_SECONDS": "1", "LOG_FORMAT": "xml"})
+    message = str(raised.value)
+    assert "DB_POOL_SIZE must be at least 1, got 0" in message
+    assert "MCP_LEASE_SECONDS must be at least 3" in message
+    assert "LOG_FORMAT must be text or json, got 'xml'" in message
+
+
+def test_hard_limits_follow_the_soft_ones_unless_set() -> None:
+    settings = Settings.from_env({"MCP_TASK_SOFT_TIME_LIMIT": "100"})
+    assert (settings.task_time_limit, settings.report_time_limit) == (160, 660)
+    with pytest.raises(ConfigurationError, match="MCP_TASK_TIME_LIMIT must be at least 101, got 100"):
+        Settings.from_env({"MCP_TASK_SOFT_TIME_LIMIT": "100", "MCP_TASK_TIME_LIMIT": "100"})
+
+
+def test_recovery_defaults_are_seconds_not_an_hour() -> None:
+    settings = Settings.from_env({})
+    assert (settings.lease_seconds, settings.visibility_timeout) == (30.0, 60)
+    assert settings.unacked_restore_interval * settings.unacked_restore_throttle == 5
+
+
+def test_lists_and_commands_split_as_operators_write_them() -> None:
+    settings = Settings.from_env(
+        {"MCP_STDIO_ALLOWED_COMMANDS": "npx, uvx python", "MCP_STDIO_DEFAULT_COMMAND": "npx -y 'a b'"}
+    )
+    assert settings.stdio_allowed_commands == ("npx", "uvx", "python")
+    assert settings.stdio_default_command == ("npx", "-y", "a b")
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(ValueError, match="frozen"):
+        settings.max_retries = 9  # type: ignore[misc]
