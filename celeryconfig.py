@@ -1,8 +1,8 @@
 """Celery configuration for mcp-worker, built from `worker.settings` (the environment).
 
 The reliability defaults of DESIGN.md live here: late acks with reject-on-worker-lost so a killed
-worker's task is redelivered, a visibility timeout above the longest time limit, prefetch 1, JSON
-only, and result expiry. Each value that differs from Celery's default says why.
+worker's task is redelivered, a short visibility timeout that live workers keep refreshing
+(`worker.broker`), prefetch 1, JSON only, and result expiry. Each value that differs from Celery's default says why.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ if _settings.broker_is_embedded:
     }
 else:
     broker_transport_options = {
-        # Above the longest hard time limit, or Redis hands a still-running task to a second worker
-        # (the execution row's lease then keeps that copy from calling the tool again).
+        # How long the messages of a dead (or stopped) worker wait before they are restored: a
+        # live worker refreshes its messages four times per timeout (`worker.broker`), so a task
+        # may run longer than this without being handed to a second worker.
         "visibility_timeout": _settings.visibility_timeout,
-        # How soon a message unacked by a dead worker is restored: every interval x throttle seconds
-        # a sweep returns messages older than the visibility timeout (Kombu's default ~100 s).
+        # How often each worker sweeps for such messages (every interval x throttle seconds).
         "unacked_restore_interval": _settings.unacked_restore_interval,
         "unacked_restore_throttle": _settings.unacked_restore_throttle,
     }

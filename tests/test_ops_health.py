@@ -179,9 +179,12 @@ def test_services_are_checked_one_by_one_without_showing_keys(
     assert services["dead_key"] not in text
 
 
-def _running_row(started_ago: timedelta, lease_left: timedelta | None, attempts: int = 1) -> str:
+def _running_row(
+    started_ago: timedelta, lease_left: timedelta | None, attempts: int = 1, status: str = "running"
+) -> str:
     """A `running` row whose attempt began `started_ago` (first attempt) with `lease_left` to run
-    on its lease (negative: ran out that long ago; None: a row from before leases)."""
+    on its lease (negative: ran out that long ago; None: a row from before leases). A `retrying`
+    row's lease is the deadline of its retry."""
     task_id = f"stuck-{uuid.uuid4()}"
     now = datetime.now(UTC)
     with session_scope() as session:
@@ -191,7 +194,7 @@ def _running_row(started_ago: timedelta, lease_left: timedelta | None, attempts:
                 user_id="ops",
                 tool_desc="pm",
                 tool_name="echo",
-                status=audit.Status.RUNNING.value,
+                status=status,
                 attempts=attempts,
                 started_at=now - started_ago,
                 lease_owner=None if lease_left is None else "some-worker",
@@ -211,30 +214,35 @@ def _row(task_id: str) -> McpExecution:
 def test_stuck_rows_are_reported_and_fixed_only_when_asked(clean_db: None) -> None:
     settings = get_settings()
     now = datetime.now(UTC)
-    # A holder outlives its lease by at most hard - soft before the hard limit kills it.
+    # A dead holder's message comes back within the visibility timeout and a sweep after its
+    # lease ran out; only a row still expired after that has no delivery left.
     grace = now - stuck_cutoff(settings, now)
     hour = timedelta(hours=1)
     dead = _running_row(grace + hour, lease_left=-(grace + timedelta(seconds=30)))
     legacy = _running_row(grace + hour, lease_left=None)
     live = _running_row(timedelta(seconds=5), lease_left=timedelta(seconds=60))
-    # Past its lease, but not yet past its hard limit: it may still finish.
+    # Past its lease, but its redelivery may still be on the way.
     overtime = _running_row(grace, lease_left=-(grace - timedelta(seconds=30)))
     # The third attempt of a task that first started hours ago, on a fresh lease.
     retried = _running_row(10 * hour, lease_left=timedelta(seconds=60), attempts=3)
+    # A retry whose message was lost, and one still due.
+    lost_retry = _running_row(hour, lease_left=-(grace + timedelta(seconds=30)), status="retrying")
+    due_retry = _running_row(hour, lease_left=timedelta(seconds=60), status="retrying")
 
     found = find_stuck(settings)
-    assert [r["task_id"] for r in found] == [dead, legacy]
+    assert [r["task_id"] for r in found] == [dead, legacy, lost_retry]
     assert _row(dead).status == "running"
 
     fixed = find_stuck(settings, fix=True)
-    assert [r["task_id"] for r in fixed] == [dead, legacy]
-    for task_id in (dead, legacy):
+    assert [r["task_id"] for r in fixed] == [dead, legacy, lost_retry]
+    for task_id in (dead, legacy, lost_retry):
         row = _row(task_id)
         assert row.status == "error"
         assert row.error_message == STUCK_REASON
         assert row.finished_at is not None
     for task_id in (live, overtime, retried):
         assert _row(task_id).status == "running"
+    assert _row(due_retry).status == "retrying"
     assert find_stuck(settings) == []
 
 

@@ -64,7 +64,10 @@ def _call(connection: Connection, user: str, task_id: str) -> tuple[Claim, dict[
         lease_seconds=60,
     )
     begun = claim(connection, values, get_settings())
-    audit.succeed(connection, task_id, result=["hi"], elapsed_ms=2, params={"message": "hi", "n": 1})
+    recorded = audit.succeed(
+        connection, task_id, result=["hi"], elapsed_ms=2, owner="owner-a", params={"message": "hi", "n": 1}
+    )
+    assert recorded
     return begun, {row.name: row.prepare_time for row in connection.execute(PREPARED)}
 
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, WorkerLostError
+from celery.worker.request import Request
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 import worker.ops.lifecycle
@@ -18,21 +19,34 @@ import worker.ops.logs  # noqa: F401  (connects the logging signals)
 from worker import names
 from worker.celery import app
 from worker.errors import ExecutionHeld, TransientError
-from worker.execution.call import run_tool_call
+from worker.execution import leases
+from worker.execution.call import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, run_tool_call
 from worker.settings import get_settings
 
 logger = logging.getLogger(__name__)
 _settings = get_settings()
 
-# Exponential backoff with full jitter for transient failures, capped so retries stay inside
-# the broker's visibility timeout.
-RETRY_BACKOFF_S = 2
-RETRY_BACKOFF_MAX_S = 120
-
 
 # Transient MCP failures, and the database going away under a task (its rows are written again
 # when the retry runs).
 RETRY_ON = (TransientError, OperationalError, InterfaceError)
+
+
+class LeaseFreeingRequest(Request):
+    """A task request whose main process frees the execution lease of a task whose pool process
+    died (SIGKILL, OOM), before the message goes back to the queue: the redelivery claims the row
+    at once instead of waiting for the dead holder's lease to run out."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
+        # Billiard reports a killed child as WorkerLostError, or as its exit (SystemExit).
+        if isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt):
+            try:
+                if leases.release_lost(self.id):
+                    logger.info("task %s lost its pool process; its execution lease is freed", self.id)
+            except Exception:
+                logger.exception("could not free the lease of task %s; it runs out on its own", self.id)
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
 # The options both MCP-calling tasks share: transient failures retry with backoff and jitter.
@@ -42,6 +56,7 @@ RETRYING: dict[str, Any] = {
     "retry_backoff_max": RETRY_BACKOFF_MAX_S,
     "retry_jitter": True,
     "max_retries": _settings.max_retries,
+    "Request": LeaseFreeingRequest,
 }
 
 

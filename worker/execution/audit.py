@@ -215,7 +215,13 @@ def _succeed_statement(with_params: bool) -> Any:
     }
     if with_params:
         values["params"] = sa.bindparam("b_params", type_=_table.c.params.type)
-    return sa.update(_table).where(_table.c.task_id == sa.bindparam("b_task_id")).values(**values)
+    # Only the lease's holder records the outcome: a holder that lost its lease (a stopped
+    # worker that resumed after another delivery took the row over) writes nothing.
+    return (
+        sa.update(_table)
+        .where(_table.c.task_id == sa.bindparam("b_task_id"), _table.c.lease_owner == sa.bindparam("b_owner"))
+        .values(**values)
+    )
 
 
 # Prepared: one of them runs on every task.
@@ -228,19 +234,22 @@ def succeed(
     *,
     result: Any,
     elapsed_ms: int,
+    owner: str,
     params: Any = None,
     encoded: str | None = None,
-) -> None:
-    """Mark the row `success` with its result and timing (`encoded`: the result's JSON, if made)."""
+) -> bool:
+    """Mark the row `success` with its result and timing (`encoded`: the result's JSON, if made),
+    if `owner` still holds its lease; returns whether it did."""
     values = {
         "b_task_id": task_id,
+        "b_owner": owner,
         "b_result": encoded if encoded is not None else json.dumps(result, ensure_ascii=False, default=str),
         "b_elapsed": elapsed_ms,
         "b_finished": _now(),
     }
     if params is not None:
         values["b_params"] = params
-    _SUCCEED[params is not None].execute(_connection(session), values)
+    return bool(_SUCCEED[params is not None].execute(_connection(session), values).rowcount)
 
 
 def fail(
@@ -251,28 +260,37 @@ def fail(
     elapsed_ms: int | None,
     final: bool,
     params: Any = None,
+    owner: str | None = None,
+    retry_within: float | None = None,
     override_success: bool = False,
-) -> None:
-    """Mark the row `error` (final) or `retrying` with a one-line message.
+) -> bool:
+    """Mark the row `error` (final) or `retrying` with a one-line message; returns whether it did.
 
-    A row that already says `success` is left alone unless `override_success` (a report whose
-    data call succeeded but whose template then failed).
+    With `owner`, only while that owner holds the row's lease. A `retrying` row keeps a deadline
+    in `lease_expires_at`: its retry should have been claimed within `retry_within` seconds, or
+    its message was lost (`mark_stuck` then ends it). A row that already says `success` is left
+    alone unless `override_success` (a report whose data call succeeded but whose template then
+    failed).
     """
+    now = _now()
     values: dict[str, Any] = {
         "status": (Status.ERROR if final else Status.RETRYING).value,
         "error_message": " ".join(message.split())[:ERROR_MESSAGE_MAX],
         "execution_time_ms": elapsed_ms,
-        "finished_at": _now() if final else None,
-        "lease_expires_at": None,
+        "finished_at": now if final else None,
+        "lease_expires_at": None if final or retry_within is None else now + timedelta(seconds=retry_within),
     }
     if params is not None:
         values["params"] = params
     if elapsed_ms is None:
         del values["execution_time_ms"]
     query = sa.update(McpExecution).where(McpExecution.task_id == task_id)
+    if owner is not None:
+        query = query.where(McpExecution.lease_owner == owner)
     if not override_success:
         query = query.where(McpExecution.status != Status.SUCCESS.value)
-    session.execute(query.values(**values))
+    result: Any = session.execute(query.values(**values))
+    return bool(result.rowcount)
 
 
 def outcome(session: Session, task_id: str) -> tuple[str, Any, str | None, int | None, datetime | None]:
@@ -289,15 +307,21 @@ def outcome(session: Session, task_id: str) -> tuple[str, Any, str | None, int |
     return row.status, row.result, row.error_message, row.attempts, _utc(row.lease_expires_at)
 
 
+def stuck(older_than: datetime) -> sa.ColumnElement[bool]:
+    """The rows whose holder is gone: `running` under a lease that ran out before `older_than`
+    (their worker died and no redelivery came), or `retrying` past the deadline their retry had
+    (its message was lost)."""
+    return sa.and_(
+        McpExecution.status.in_([Status.RUNNING.value, Status.RETRYING.value]),
+        sa.func.coalesce(McpExecution.lease_expires_at, McpExecution.started_at) < older_than,
+    )
+
+
 def mark_stuck(session: Session, older_than: datetime, reason: str) -> int:
-    """Mark `running` rows whose lease ran out before `older_than` as `error` (their worker died
-    and no redelivery came); returns how many."""
+    """Mark the `stuck` rows as `error` with `reason`; returns how many."""
     result = session.execute(
         sa.update(McpExecution)
-        .where(
-            McpExecution.status == Status.RUNNING.value,
-            sa.func.coalesce(McpExecution.lease_expires_at, McpExecution.started_at) < older_than,
-        )
+        .where(stuck(older_than))
         .values(status=Status.ERROR.value, error_message=reason, finished_at=_now(), lease_expires_at=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from worker import mcp
 from worker.db.engine import autocommit, session_scope
 from worker.errors import ExecutionHeld, PermanentError, ToolFailed, TransientError, WorkerError
-from worker.execution import audit
+from worker.execution import audit, leases
 from worker.execution.claim import Claim, claim
 from worker.redaction import redact, redact_params, register_secrets
 from worker.services import registry
@@ -38,6 +38,11 @@ from worker.validation import validate_tool_request
 logger = logging.getLogger(__name__)
 
 SUMMARY_CHARS = 200
+# Exponential backoff with full jitter for transient failures (the tasks' retry policy). A
+# `retrying` row expects its retry within the cap; past it (and the time a lost message takes to
+# come back) the retry is taken as lost (`audit.stuck`).
+RETRY_BACKOFF_S = 2
+RETRY_BACKOFF_MAX_S = 120
 # How often a duplicate delivery looks at the row another delivery holds.
 HOLDER_POLL_S = 0.5
 
@@ -143,21 +148,27 @@ def record_failure(
     started: float | None,
     final: bool,
     params: Any = None,
+    owner: str | None = None,
     override_success: bool = False,
 ) -> None:
-    """Persist one failed attempt of the call: `error` when `final`, else `retrying`
-    (`override_success`: a report whose data call succeeded but whose rendering then failed)."""
+    """Persist one failed attempt of the call: `error` when `final`, else `retrying` (only while
+    `owner`, when given, holds the lease; `override_success`: a report whose data call succeeded
+    but whose rendering then failed)."""
     elapsed = _elapsed_ms(started) if started is not None else None
     with session_scope() as session:
-        audit.fail(
+        recorded = audit.fail(
             session,
             task_id,
             message=message,
             elapsed_ms=elapsed,
             final=final,
             params=params,
+            owner=owner,
+            retry_within=RETRY_BACKOFF_MAX_S,
             override_success=override_success,
         )
+    if not recorded:
+        logger.warning("the row of task %s was taken over by another delivery; its outcome stands", task_id)
 
 
 def _claim_or_wait(task_id: str, values: dict[str, Any], settings: Settings) -> Claim | CallResult:
@@ -211,25 +222,25 @@ def run_tool_call(
         tool=name,
         params=redact_params(args),
         owner=_owner(task_id),
-        lease_seconds=settings.task_soft_time_limit,
+        lease_seconds=settings.lease_seconds,
     )
     claimed = _claim_or_wait(task_id, values, settings)
     if isinstance(claimed, CallResult):
         return claimed
-    return _call(claimed, task_id, name, args, values["b_params"], final_attempt, settings)
+    with leases.kept(task_id, values["b_owner"], settings.lease_seconds):
+        return _call(claimed, values, name, args, final_attempt, settings)
 
 
 def _call(
     claimed: Claim,
-    task_id: str,
+    values: dict[str, Any],
     name: str,
     args: dict[str, Any],
-    claimed_params: Any,
     final_attempt: bool,
     settings: Settings,
 ) -> CallResult:
     """The claimed attempt: call the tool and persist its outcome, whatever it is."""
-    row = claimed.row
+    row, task_id, owner = claimed.row, values["b_task_id"], values["b_owner"]
     started = time.perf_counter()
     stored_params: Any = None
     try:
@@ -249,13 +260,13 @@ def _call(
     except WorkerError as exc:
         final = final_attempt or not isinstance(exc, TransientError)
         message = redact(f"{type(exc).__name__}: {exc}")
-        record_failure(task_id, message, started=started, final=final, params=stored_params)
+        record_failure(task_id, message, started=started, final=final, params=stored_params, owner=owner)
         kind = "final" if final else "retry"
         logger.warning("execution %s attempt %d failed (%s): %s", row.id, row.attempts, kind, message)
         raise
     except SoftTimeLimitExceeded:
         message = f"ServerTimeout: the task's soft time limit ({settings.task_soft_time_limit} s) ran out"
-        record_failure(task_id, message, started=started, final=True, params=stored_params)
+        record_failure(task_id, message, started=started, final=True, params=stored_params, owner=owner)
         raise
     except DBAPIError:
         # The database went away: nothing can be recorded now; the task retries, and its retry
@@ -265,15 +276,23 @@ def _call(
     except Exception as exc:
         # Anything unclassified is a bug or a failure mode we have not met: record it, never lose it.
         message = redact(f"unexpected {type(exc).__name__}: {exc}")
-        record_failure(task_id, message, started=started, final=True, params=stored_params)
+        record_failure(task_id, message, started=started, final=True, params=stored_params, owner=owner)
         logger.exception("execution %s failed unexpectedly", row.id)
         raise
     elapsed = _elapsed_ms(started)
     # A row this attempt created already holds these params when no service default was merged.
-    new_params = None if row.attempts == 1 and stored_params == claimed_params else stored_params
-    autocommit(
+    new_params = None if row.attempts == 1 and stored_params == values["b_params"] else stored_params
+    recorded = autocommit(
         lambda connection: audit.succeed(
-            connection, task_id, result=result, elapsed_ms=elapsed, params=new_params, encoded=encoded
+            connection,
+            task_id,
+            result=result,
+            elapsed_ms=elapsed,
+            owner=owner,
+            params=new_params,
+            encoded=encoded,
         )
     )
+    if not recorded:
+        logger.warning("execution %s was taken over by another delivery; its outcome stands", row.id)
     return CallResult(row.id, task_id, "success", result, elapsed, row.attempts, encoded=encoded)

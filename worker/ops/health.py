@@ -279,18 +279,18 @@ def list_configured_services(settings: Settings) -> list[ServiceConfig]:
 
 
 def stuck_cutoff(settings: Settings, now: datetime) -> datetime:
-    """Rows whose lease ran out before this are past their hard time limit, so their worker died.
+    """Rows whose lease (or retry deadline) ran out before this have lost their holder for good.
 
-    A claim's lease runs for the task soft time limit from the attempt's start (worker.execution.call);
-    a holder still alive at its lease's end is killed by the longest hard limit, `hard - soft`
-    later. Rows without a lease (before migration 0004) count from `started_at`.
+    A live holder renews its lease (`worker.execution.leases`); once a dead one's lease has run
+    out, its message comes back within the visibility timeout and one restore sweep, and the
+    redelivery claims the row. A row still expired after all that has no message left.
     """
-    hard = max(settings.task_time_limit, settings.report_time_limit)
-    return now - timedelta(seconds=max(0, hard - settings.task_soft_time_limit))
+    sweep = settings.unacked_restore_interval * settings.unacked_restore_throttle
+    return now - timedelta(seconds=settings.visibility_timeout + sweep + settings.lease_seconds)
 
 
 def find_stuck(settings: Settings, now: datetime | None = None, fix: bool = False) -> list[dict[str, Any]]:
-    """Rows left `running` past the hard time limit; with `fix`, marked `error` (STUCK_REASON)."""
+    """Rows whose holder is gone for good (`audit.stuck`); with `fix`, marked `error` (STUCK_REASON)."""
     from worker.db.engine import session_scope
     from worker.db.models import McpExecution
     from worker.execution import audit
@@ -300,10 +300,7 @@ def find_stuck(settings: Settings, now: datetime | None = None, fix: bool = Fals
         # The same rows `audit.mark_stuck` takes: the one place that persists the transition.
         rows = session.execute(
             sa.select(McpExecution.id, McpExecution.task_id, McpExecution.attempts)
-            .where(
-                McpExecution.status == audit.Status.RUNNING.value,
-                sa.func.coalesce(McpExecution.lease_expires_at, McpExecution.started_at) < cutoff,
-            )
+            .where(audit.stuck(cutoff))
             .order_by(McpExecution.id)
         ).all()
         if fix and rows:
@@ -314,14 +311,14 @@ def find_stuck(settings: Settings, now: datetime | None = None, fix: bool = Fals
 def check_stuck(settings: Settings, fix: bool) -> Check:
     stuck = find_stuck(settings, fix=fix)
     if not stuck:
-        return Check("stuck executions", Status.OK, "none running past the hard time limit")
+        return Check("stuck executions", Status.OK, "none left by a dead worker or a lost retry")
     ids = ", ".join(str(r["id"]) for r in stuck[:10]) + (" ..." if len(stuck) > 10 else "")
     if fix:
         return Check("stuck executions", Status.WARN, f"marked {len(stuck)} row(s) error: {ids}")
     return Check(
         "stuck executions",
         Status.WARN,
-        f"{len(stuck)} row(s) running past the hard time limit: {ids} (--fix-stuck marks them error)",
+        f"{len(stuck)} row(s) left by a dead worker or a lost retry: {ids} (--fix-stuck marks them error)",
     )
 
 
