@@ -174,8 +174,8 @@ def prune_old_records() -> dict[str, int]:
     ignore_result=True,
 )
 def reap_stuck_executions() -> dict[str, int]:
-    """Mark rows left `running` past the hard time limit (their worker died and no redelivery
-    came) as `error` with the reason, so no row stays `running` forever."""
+    """Mark rows whose worker is gone for good (a lease long expired and no redelivery, or a
+    retry that never came) as `error` with the reason, so no row stays `running` forever."""
     from worker.ops.health import find_stuck
 
     return {"marked_error": len(find_stuck(_settings, fix=True))}

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health.add_argument(
         "--fix-stuck",
         action="store_true",
-        help="mark executions running past the hard time limit as error",
+        help="mark executions whose worker is gone (lease long expired, or a lost retry) as error",
     )
     health.set_defaults(handler=_health)
 

@@ -38,7 +38,9 @@ DEFAULT_TIMEOUT_S = 3.0
 THREAD_MARGIN_S = 1.0
 # A detail line is for a table cell; the full story is in the component's own logs.
 DETAIL_MAX = 200
-STUCK_REASON = "marked error by health: running longer than the hard time limit"
+STUCK_REASON = (
+    "marked error by health: its worker is gone and no redelivery came (lease or retry deadline long past)"
+)
 
 
 class Status(enum.StrEnum):
