@@ -74,11 +74,12 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact_params(value: Any, secrets: Iterable[str] = ()) -> Any:
-    """A copy of a JSON-like structure with secret-looking keys masked and secret values replaced."""
+    """A copy of a JSON-like structure with secret-looking keys masked and secret values replaced
+    (in keys too: a server may echo a credential as a key)."""
     secrets = tuple(secrets)
     if isinstance(value, Mapping):
         return {
-            k: (
+            (redact(k, secrets) if isinstance(k, str) else k): (
                 MASK
                 if isinstance(k, str) and is_secret_key(k) and v not in (None, "")
                 else redact_params(v, secrets)

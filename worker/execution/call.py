@@ -279,7 +279,13 @@ def _call(
         record_failure(task_id, message, started=started, final=True, params=stored_params, owner=owner)
         logger.exception("execution %s failed unexpectedly", row.id)
         raise
-    elapsed = _elapsed_ms(started)
+    return _record_success(row, values, result, encoded, _elapsed_ms(started), stored_params)
+
+
+def _record_success(
+    row: audit.Begun, values: dict[str, Any], result: Any, encoded: str, elapsed: int, stored_params: Any
+) -> CallResult:
+    task_id, owner = values["b_task_id"], values["b_owner"]
     # A row this attempt created already holds these params when no service default was merged.
     new_params = None if row.attempts == 1 and stored_params == values["b_params"] else stored_params
     recorded = autocommit(

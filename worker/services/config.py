@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+
 from worker.errors import CommandNotAllowed, InvalidService, ServiceNotFound
 from worker.settings import CALL_MARGIN_S, Settings, get_settings
 from worker.validation import DESC_MAX, USER_ID_MAX
@@ -138,7 +140,8 @@ def _timeout_overrides(sources: Iterable[Mapping[str, Any]], where: str) -> dict
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise InvalidService(f"{where}: {key} must be a positive number of seconds")
+                problem = f"{key} must be a positive number of seconds"
+                raise InvalidService(f"{where}: {problem}" if where else problem)
             found[key] = float(value)
     return found
 
@@ -152,116 +155,178 @@ def timeouts_for(config: ServiceConfig, settings: Settings) -> Timeouts:
     )
 
 
-def _require_str(record: Mapping[str, Any], key: str, max_len: int, where: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidService(f"{where}: {key!r} is required and must be a non-empty string")
-    if len(value) > max_len:
-        raise InvalidService(f"{where}: {key!r} is longer than {max_len} characters")
-    return value
-
-
-def _optional_str(record: Mapping[str, Any], key: str, where: str, max_len: int = 255) -> str | None:
-    value = record.get(key)
+def _text(value: object, key: str, *, required: bool, max_len: int = 255) -> str | None:
     if value is None or value == "":
+        if required:
+            raise ValueError(f"{key!r} is required and must be a non-empty string")
         return None
-    if not isinstance(value, str):
-        raise InvalidService(f"{where}: {key!r} must be a string")
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ValueError(
+            f"{key!r} is required and must be a non-empty string" if required else f"{key!r} must be a string"
+        )
     if len(value) > max_len:
-        raise InvalidService(f"{where}: {key!r} is longer than {max_len} characters")
+        raise ValueError(f"{key!r} is longer than {max_len} characters")
     return value
 
 
-def _json_object(record: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = record.get(key)
+def _json_object(value: object, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise InvalidService(f"{where}: {key!r} is not valid JSON") from None
+            raise ValueError(f"{key!r} is not valid JSON") from None
     if not isinstance(value, dict):
-        raise InvalidService(f"{where}: {key!r} must be a JSON object")
+        raise ValueError(f"{key!r} must be a JSON object")
     return value
 
 
-def _check_http_url(url: str, where: str, settings: Settings) -> None:
+class ServiceRecord(BaseModel):
+    """A raw service record (a row, a JSON object, CLI options) as validated: the one set of rules
+    every source goes through. `validate_record` turns it into a `ServiceConfig`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", arbitrary_types_allowed=True)
+
+    user_id: str
+    desc: str
+    interaction_mode: Mode
+    url: str | None = None
+    endpoint: str | None = None
+    api_key: str
+    params: dict[str, Any] = {}
+    auth: dict[str, Any] = {}
+    id: int | None = None
+
+    @field_validator("user_id", "desc", mode="before")
+    @classmethod
+    def _name(cls, value: object, info: ValidationInfo) -> str | None:
+        return _text(
+            value,
+            str(info.field_name),
+            required=True,
+            max_len=USER_ID_MAX if info.field_name == "user_id" else DESC_MAX,
+        )
+
+    @field_validator("url", "endpoint", mode="before")
+    @classmethod
+    def _optional(cls, value: object, info: ValidationInfo) -> str | None:
+        return _text(value, str(info.field_name), required=False)
+
+    @field_validator("interaction_mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> Mode:
+        try:
+            return normalize_mode(value)
+        except InvalidService as exc:
+            raise ValueError(f"{_UNPREFIXED}{exc}") from None
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key(cls, value: object) -> str:
+        if not isinstance(value, str) or len(value) > 255:
+            raise ValueError("'api_key' is required (a string of at most 255 characters)")
+        return value
+
+    @field_validator("params", "auth", mode="before")
+    @classmethod
+    def _object(cls, value: object, info: ValidationInfo) -> dict[str, Any]:
+        return _json_object(value, str(info.field_name))
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id(cls, value: object) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, auth: dict[str, Any]) -> dict[str, Any]:
+        auth_type = auth.get("type", "api_key")
+        if not isinstance(auth_type, str) or auth_type not in AUTH_TYPES:
+            raise ValueError(f"auth type {auth_type!r} is not one of {', '.join(sorted(AUTH_TYPES))}")
+        header = auth.get("header")
+        if header is not None and (not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", header)):
+            raise ValueError(f"auth header {header!r} is not a valid HTTP header name")
+        env_map = auth.get("env", {})
+        if not isinstance(env_map, dict) or not all(
+            isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env_map.items()
+        ):
+            raise ValueError("auth.env must map environment variable names to strings")
+        return auth
+
+    @model_validator(mode="after")
+    def _reachable(self, info: ValidationInfo) -> ServiceRecord:
+        settings: Settings = (info.context or {})["settings"]
+        try:
+            found = _timeout_overrides((self.params, self.auth), "")
+        except InvalidService as exc:
+            raise ValueError(str(exc)) from None
+        timeouts = Timeouts(
+            found.get("connect_timeout", settings.connect_timeout),
+            found.get("call_timeout", settings.call_timeout),
+        )
+        if timeouts.bound >= settings.task_soft_time_limit:
+            raise ValueError(
+                f"connect_timeout + call_timeout ({timeouts.connect + timeouts.call:.0f} s) must stay below the "
+                f"task's soft time limit (MCP_TASK_SOFT_TIME_LIMIT={settings.task_soft_time_limit} s) minus "
+                f"{CALL_MARGIN_S:.0f} s"
+            )
+        if self.interaction_mode == "stdio":
+            if self.url is not None:
+                try:
+                    argv = shlex.split(self.url)
+                except ValueError as exc:
+                    raise ValueError(f"stdio command line does not parse: {exc}") from None
+                if not argv:
+                    raise ValueError("stdio command line is empty")
+        elif self.url is None:
+            raise ValueError(f"an {self.interaction_mode} service needs a url")
+        else:
+            _check_http_url(self.url, settings)
+        return self
+
+
+# Marks a message that is complete on its own (it names the field itself).
+_UNPREFIXED = "\x00"
+
+
+def _check_http_url(url: str, settings: Settings) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidService(f"{where}: url {url!r} must be an http(s) URL with a host")
+        raise ValueError(f"url {url!r} must be an http(s) URL with a host")
     if settings.allowed_hosts and parts.hostname not in settings.allowed_hosts:
-        raise InvalidService(f"{where}: host {parts.hostname!r} is not in MCP_ALLOWED_HOSTS")
+        raise ValueError(f"host {parts.hostname!r} is not in MCP_ALLOWED_HOSTS")
 
 
 def validate_record(record: Mapping[str, Any], settings: Settings | None = None) -> ServiceConfig:
     """Turn a raw record (a row, a JSON object, CLI options) into a `ServiceConfig`.
 
     Raises:
-        InvalidService: a field is missing, of the wrong type, or not allowed.
+        InvalidService: a field is missing, of the wrong type, or not allowed (the first problem,
+            prefixed with the service it is about).
     """
     settings = settings or get_settings()
     where = f"service {record.get('user_id')!r}/{record.get('desc')!r}"
-    user_id = _require_str(record, "user_id", USER_ID_MAX, where)
-    desc = _require_str(record, "desc", DESC_MAX, where)
-    mode = normalize_mode(record.get("interaction_mode"))
-    url = _optional_str(record, "url", where)
-    endpoint = _optional_str(record, "endpoint", where)
-    api_key = record.get("api_key")
-    if not isinstance(api_key, str) or len(api_key) > 255:
-        raise InvalidService(f"{where}: 'api_key' is required (a string of at most 255 characters)")
-    params = _json_object(record, "params", where)
-    auth = _json_object(record, "auth", where)
-
-    auth_type = auth.get("type", "api_key")
-    if auth_type not in AUTH_TYPES:
-        raise InvalidService(
-            f"{where}: auth type {auth_type!r} is not one of {', '.join(sorted(AUTH_TYPES))}"
-        )
-    header = auth.get("header")
-    if header is not None and (not isinstance(header, str) or not re.fullmatch(r"[A-Za-z0-9-]+", header)):
-        raise InvalidService(f"{where}: auth header {header!r} is not a valid HTTP header name")
-    env_map = auth.get("env", {})
-    if not isinstance(env_map, dict) or not all(
-        isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env_map.items()
-    ):
-        raise InvalidService(f"{where}: auth.env must map environment variable names to strings")
-    found = _timeout_overrides((params, auth), where)
-    timeouts = Timeouts(
-        found.get("connect_timeout", settings.connect_timeout),
-        found.get("call_timeout", settings.call_timeout),
-    )
-    if timeouts.bound >= settings.task_soft_time_limit:
-        raise InvalidService(
-            f"{where}: connect_timeout + call_timeout ({timeouts.connect + timeouts.call:.0f} s) must stay below the "
-            f"task's soft time limit (MCP_TASK_SOFT_TIME_LIMIT={settings.task_soft_time_limit} s) minus "
-            f"{CALL_MARGIN_S:.0f} s"
-        )
-
-    if mode == "stdio":
-        if url is not None:
-            try:
-                argv = shlex.split(url)
-            except ValueError as exc:
-                raise InvalidService(f"{where}: stdio command line does not parse: {exc}") from None
-            if not argv:
-                raise InvalidService(f"{where}: stdio command line is empty")
-    else:
-        if url is None:
-            raise InvalidService(f"{where}: an {mode} service needs a url")
-        _check_http_url(url, where, settings)
-
-    rid = record.get("id")
+    try:
+        # Every field present (a missing one as None), so each gets its own message.
+        fields = {name: record.get(name) for name in ServiceRecord.model_fields}
+        valid = ServiceRecord.model_validate(fields, context={"settings": settings})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        problem = str((first.get("ctx") or {}).get("error", first["msg"]))
+        if problem.startswith(_UNPREFIXED):
+            raise InvalidService(problem[len(_UNPREFIXED) :]) from None
+        raise InvalidService(f"{where}: {problem}") from None
     return ServiceConfig(
-        user_id=user_id,
-        desc=desc,
-        mode=mode,
-        url=url,
-        endpoint=endpoint,
-        api_key=api_key,
-        params=params,
-        auth=auth,
-        id=rid if isinstance(rid, int) else None,
+        user_id=valid.user_id,
+        desc=valid.desc,
+        mode=valid.interaction_mode,
+        url=valid.url,
+        endpoint=valid.endpoint,
+        api_key=valid.api_key,
+        params=valid.params,
+        auth=valid.auth,
+        id=valid.id,
     )
 
 
