@@ -22,10 +22,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import WorkerError
 from worker.loopback import free_port, port_open
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 # The whole demo (worker start included) must finish well inside this.
 DEMO_TIMEOUT_S = 80.0
@@ -213,12 +216,8 @@ def _report_row(task_id: str) -> dict[str, Any] | None:
         return report_as_dict(row) if row is not None else None
 
 
-def run_demo(*, keep_running: bool = False) -> int:
-    """Run the demo; returns the process exit code (0 when every step succeeded).
-
-    Raises:
-        DemoFailed: a step failed (the message says which); everything started is stopped.
-    """
+def _embedded_settings() -> tuple[dict[str, str], Settings]:
+    """The demo's environment, applied to this process: the embedded default, nothing else."""
     from worker.settings import get_settings, reset_settings
 
     env = demo_environment()
@@ -226,9 +225,81 @@ def run_demo(*, keep_running: bool = False) -> int:
         os.environ.pop(name, None)
     os.environ.update({k: env[k] for k in ("MCP_STDIO_ALLOWED_COMMANDS",)})
     reset_settings()
-    settings = get_settings()
-    from worker.cli.output import print_table
+    return env, get_settings()
+
+
+def _enqueue() -> tuple[list[str], str]:
+    """The demo's tool calls and its report; returns their task ids."""
     from worker.client import submit_report, submit_tool
+
+    task_ids = []
+    for transport, user, service in DEMO_CALLS:
+        result = submit_tool(user, service, "fetch_weekly_report", {})
+        task_ids.append(result.id)
+        _progress(f"enqueued fetch_weekly_report over {transport} for {user} ({result.id})")
+    report = submit_report("demo-user", "openproject_weekly_report", "executive_summary.j2")
+    _progress(f"enqueued a weekly report for demo-user ({report.id})")
+    return task_ids, report.id
+
+
+def _wait_for(task_ids: list[str], report_id: str, deadline: float) -> tuple[dict[str, dict[str, Any]], Any]:
+    """The final rows of the calls and the report row, once all are in, one failed, or at `deadline`."""
+    rows: dict[str, dict[str, Any]] = {}
+    report_row = None
+    shown = ""
+    while time.monotonic() < deadline:
+        rows = _final_rows(task_ids)
+        report_row = _report_row(report_id)
+        report_failed = _final_rows([report_id]).get(report_id, {}).get("status") == "error"
+        state = f"{len(rows)}/{len(task_ids)} tool calls done, report {'done' if report_row else 'pending'}"
+        if state != shown:
+            _progress(state)
+            shown = state
+        if (len(rows) == len(task_ids) and report_row is not None) or report_failed:
+            break
+        time.sleep(0.2)
+    return rows, report_row
+
+
+def _show(task_ids: list[str], rows: dict[str, dict[str, Any]], report_id: str, report_row: Any) -> bool:
+    """Print the executions and the report; True when every step succeeded."""
+    from worker.cli.output import print_table
+
+    print("\nExecutions (mcp_executions):")
+    table = [
+        (
+            r["id"],
+            r["user_id"],
+            r["service"],
+            r["tool"],
+            transport,
+            r["status"],
+            r["attempts"],
+            r["execution_time_ms"],
+        )
+        for (transport, _, _), task_id in zip(DEMO_CALLS, task_ids, strict=True)
+        if (r := rows.get(task_id)) is not None
+    ]
+    print_table(("id", "user", "service", "tool", "transport", "status", "attempts", "ms"), table)
+    failures = [r for r in rows.values() if r["status"] != "success"]
+    for row in failures:
+        print(f"  error in execution {row['id']}: {row['error_message']}")
+    if report_row is not None:
+        print(f"\nWeekly report {report_row['period']} (mcp_reports id {report_row['id']}):\n")
+        print(report_row["content"])
+    else:
+        error = _final_rows([report_id]).get(report_id, {}).get("error_message")
+        print(f"\nreport not produced: {error or 'timed out'}")
+    return len(rows) == len(task_ids) and not failures and report_row is not None
+
+
+def run_demo(*, keep_running: bool = False) -> int:
+    """Run the demo; returns the process exit code (0 when every step succeeded).
+
+    Raises:
+        DemoFailed: a step failed (the message says which); everything started is stopped.
+    """
+    env, settings = _embedded_settings()
     from worker.db import schema
 
     started = time.monotonic()
@@ -247,66 +318,16 @@ def run_demo(*, keep_running: bool = False) -> int:
         hostname = start_worker(stack, env, log_dir, with_beat=keep_running)
         _progress(f"worker {hostname} ready")
 
-        task_ids = []
-        for transport, user, service in DEMO_CALLS:
-            result = submit_tool(user, service, "fetch_weekly_report", {})
-            task_ids.append(result.id)
-            _progress(f"enqueued fetch_weekly_report over {transport} for {user} ({result.id})")
-        report = submit_report("demo-user", "openproject_weekly_report", "executive_summary.j2")
-        _progress(f"enqueued a weekly report for demo-user ({report.id})")
-
-        deadline = started + DEMO_TIMEOUT_S
-        rows: dict[str, dict[str, Any]] = {}
-        report_row = None
-        shown = ""
-        while time.monotonic() < deadline:
-            rows = _final_rows(task_ids)
-            report_row = _report_row(report.id)
-            report_failed = _final_rows([report.id]).get(report.id, {}).get("status") == "error"
-            state = (
-                f"{len(rows)}/{len(task_ids)} tool calls done, report {'done' if report_row else 'pending'}"
-            )
-            if state != shown:
-                _progress(state)
-                shown = state
-            if (len(rows) == len(task_ids) and report_row is not None) or report_failed:
-                break
-            time.sleep(0.2)
-
-        print("\nExecutions (mcp_executions):")
-        table = [
-            (
-                r["id"],
-                r["user_id"],
-                r["service"],
-                r["tool"],
-                transport,
-                r["status"],
-                r["attempts"],
-                r["execution_time_ms"],
-            )
-            for (transport, _, _), task_id in zip(DEMO_CALLS, task_ids, strict=True)
-            if (r := rows.get(task_id)) is not None
-        ]
-        print_table(("id", "user", "service", "tool", "transport", "status", "attempts", "ms"), table)
-        failures = [r for r in rows.values() if r["status"] != "success"]
-        for row in failures:
-            print(f"  error in execution {row['id']}: {row['error_message']}")
-        if report_row is not None:
-            print(f"\nWeekly report {report_row['period']} (mcp_reports id {report_row['id']}):\n")
-            print(report_row["content"])
-        else:
-            error = _final_rows([report.id]).get(report.id, {}).get("error_message")
-            print(f"\nreport not produced: {error or 'timed out'}")
-
-        ok = len(rows) == len(task_ids) and not failures and report_row is not None
+        task_ids, report_id = _enqueue()
+        rows, report_row = _wait_for(task_ids, report_id, started + DEMO_TIMEOUT_S)
+        ok = _show(task_ids, rows, report_id, report_row)
         if keep_running and ok:
             stack.pop_all()
             print(
                 "\nThe worker (with beat) and the demo servers keep running. Open Flower with:\n"
                 f"  MCP_DATA_DIR={shlex.quote(str(settings.data_dir))} celery -A worker flower "
                 "--address=127.0.0.1 --port=5555\n"
-                "and stop everything with: pkill -f 'celery -A worker' ; pkill -f worker.demo_server"
+                "and stop everything with: pkill -f 'celery -A worker' ; pkill -f worker.demo.server"
             )
             return 0
         print(f"\nshutting down (demo took {time.monotonic() - started:.1f}s)")
