@@ -24,12 +24,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     demo.set_defaults(handler=_demo)
 
-    worker = sub.add_parser("worker", help="start a Celery worker (celery -A worker worker ...)")
-    worker.add_argument("celery_args", nargs=argparse.REMAINDER, help="extra arguments for celery worker")
+    # Their arguments go to Celery as they are (see `worker.cli.PASSTHROUGH`); `--help` is Celery's.
+    worker = sub.add_parser(
+        "worker", help="start a Celery worker (celery -A worker worker ...)", add_help=False
+    )
     worker.set_defaults(handler=_worker)
-
-    beat = sub.add_parser("beat", help="start Celery beat (celery -A worker beat ...)")
-    beat.add_argument("celery_args", nargs=argparse.REMAINDER, help="extra arguments for celery beat")
+    beat = sub.add_parser("beat", help="start Celery beat (celery -A worker beat ...)", add_help=False)
     beat.set_defaults(handler=_beat)
 
 
@@ -65,13 +65,15 @@ def _exec_celery(argv: list[str]) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    _announce_backends()
-    extra = list(args.celery_args)
+    extra = list(args.rest)
+    if "--help" not in extra and "-h" not in extra:
+        _announce_backends()
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in extra):
         extra = ["-Q", ALL_QUEUES, *extra]
     return _exec_celery(["worker", "--loglevel", "INFO", *extra])
 
 
 def _beat(args: argparse.Namespace) -> int:
-    _announce_backends()
-    return _exec_celery(["beat", "--loglevel", "INFO", *args.celery_args])
+    if "--help" not in args.rest and "-h" not in args.rest:
+        _announce_backends()
+    return _exec_celery(["beat", "--loglevel", "INFO", *args.rest])

@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run the bundled demo MCP server (stdio, sse or streamable-http)",
         add_help=False,
     )
-    demo.add_argument("rest", nargs=argparse.REMAINDER)
+    # Its arguments go to the demo server as they are (see `worker.cli.PASSTHROUGH`).
     demo.set_defaults(handler=_demo_server)
 
 
