@@ -26,8 +26,8 @@ import sqlalchemy as sa
 from bench.clients import client_for
 from bench.env import QUEUE, USER, BenchEnv
 from bench.procs import Proc, children, cpu_seconds, postgres_backends, rss_kib, socket_count
-from worker.loopback import wait_until
 from worker.names import EXECUTE_TOOL
+from worker.processes import wait_until
 
 DRAIN_TIMEOUT_S = 600.0
 CONTROL_TIMEOUT_S = 5.0

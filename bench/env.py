@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from bench.procs import Proc, spawn
 from worker import names
-from worker.loopback import free_port, port_open, wait_until
+from worker.processes import free_port, start_listening
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -102,12 +102,9 @@ class BenchEnv:
                 raise SystemExit("redis-server is not installed; pass --redis-url to use a Redis database")
             port = free_port()
             argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            proc = spawn("redis", argv, os.environ, self.log_dir)
+            proc = start_listening("redis", argv, port, os.environ, self.log_dir, START_TIMEOUT_S)
             self.procs.append(proc)
             self.redis_proc = proc
-            wait_until(lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, "redis-server")
-            if not proc.alive():
-                raise RuntimeError(f"redis-server exited:\n{proc.log_tail()}")
             self.redis_url = f"redis://127.0.0.1:{port}/0"
         import redis
 
@@ -145,12 +142,9 @@ class BenchEnv:
     def _start_demo(self, transport: str) -> str:
         port = free_port()
         argv = [sys.executable, "-m", "worker.demo.server", "--transport", transport, "--port", str(port)]
-        proc = spawn(f"demo-{transport}", argv, os.environ, self.log_dir)
+        proc = start_listening(f"demo-{transport}", argv, port, os.environ, self.log_dir, START_TIMEOUT_S)
         self.procs.append(proc)
         self.demo_servers.append(proc)
-        wait_until(lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server ({transport})")
-        if not proc.alive():
-            raise RuntimeError(f"demo server exited:\n{proc.log_tail()}")
         return f"http://127.0.0.1:{port}{'/sse' if transport == 'sse' else '/mcp'}"
 
     def _add_services(self) -> None:
@@ -191,12 +185,9 @@ class BenchEnv:
         proc = spawn(name, argv, os.environ, self.log_dir, cwd=REPO)
         self.procs.append(proc)
 
-        def answered() -> bool:
-            if not proc.alive():
-                raise RuntimeError(f"worker {name} exited early:\n{proc.log_tail()}")
-            return hostname in self.ping(hostname)
-
-        wait_until(answered, START_TIMEOUT_S, f"worker {hostname}", interval=0.2)
+        proc.wait_for(
+            lambda: hostname in self.ping(hostname), START_TIMEOUT_S, f"worker {hostname}", interval=0.2
+        )
         proc.name = self.worker_name = hostname
         return proc
 

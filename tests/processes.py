@@ -6,80 +6,19 @@ Every wait is bounded; every process is stopped (and reaped) by its fixture.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-from worker.loopback import free_port, port_open, wait_until
+from worker.processes import Child, free_port, spawn, start_listening, wait_until
 
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 
 
-@dataclass
-class Proc:
-    """A child process with its combined output in a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    _log: IO[bytes] = field(repr=False)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
-        """Send `sig` and wait for the exit (then SIGKILL the group if it does not come)."""
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(sig)
-                return self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                return self.popen.wait(timeout=10)
-            finally:
-                self._log.close()
-        self._log.close()
-        return int(self.popen.returncode)
-
-    def kill_group(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-
-def _die_with_parent() -> None:
-    # Linux: the child is SIGKILLed when the test process dies, so a killed or crashed test run
-    # leaves no worker behind to steal the next run's tasks.
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Proc:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    log = log_path.open("ab")
-    popen = subprocess.Popen(
-        argv,
-        env=dict(env),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
-    return Proc(name=name, popen=popen, log_path=log_path, _log=log)
+# One implementation of spawning and stopping, shared with the demo and the bench.
+Proc = Child
 
 
 def start_demo_server(
@@ -97,16 +36,9 @@ def start_demo_server(
         argv += ["--token", token]
     if test_tools:
         argv.append("--test-tools")
-    proc = spawn(f"demo-{transport}-{port}", argv, env or os.environ, log_dir)
-    try:
-        wait_until(
-            lambda: port_open(port) or not proc.alive(), START_TIMEOUT_S, f"demo server on port {port}"
-        )
-    except BaseException:  # a timeout, a dead process or ^C: leave nothing running
-        proc.kill_group()
-        raise
-    if not proc.alive():
-        raise AssertionError(f"demo server exited early:\n{proc.log()}")
+    proc = start_listening(
+        f"demo-{transport}-{port}", argv, port, env or os.environ, log_dir, START_TIMEOUT_S
+    )
     path = "/sse" if transport == "sse" else "/mcp"
     return proc, f"http://127.0.0.1:{port}{path}"
 

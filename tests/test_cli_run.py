@@ -17,7 +17,7 @@ from testenv import BROKER_URL, LOG_DIR
 from worker import mcp
 from worker.db.engine import session_scope
 from worker.execution import audit
-from worker.loopback import free_port, port_open
+from worker.processes import free_port, port_open
 from worker.services.config import ServiceConfig
 from worker.services.store import save_service
 

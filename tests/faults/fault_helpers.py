@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 import sqlalchemy as sa
 from celery import Celery
@@ -35,6 +36,7 @@ from testenv import RUN_ID, TEST_DB_URL
 
 from worker.db.models import McpExecution
 from worker.execution import audit
+from worker.processes import children, matching
 from worker.services.store import save_service
 
 PYTHON = sys.executable
@@ -111,26 +113,13 @@ def kill_proc(proc: Proc) -> None:
 def kill_marked_children() -> None:
     """SIGKILL stdio MCP servers started for this run's services (found by ENDPOINT_MARK in their
     environment): the SDK starts each in its own session, so a killed worker's group misses them."""
-    needle = f"MCP_SERVICE_ENDPOINT={ENDPOINT_MARK}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
 
+    def is_marked(process: psutil.Process) -> bool:
+        return process.environ().get("MCP_SERVICE_ENDPOINT") == ENDPOINT_MARK
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of `pid` (from /proc)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
+    for pid in matching(is_marked):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- Redis
@@ -284,7 +273,7 @@ class Worker:
         return self.log()[-chars:]
 
     def pool_pids(self) -> list[int]:
-        return children_of(self.pid)
+        return children(self.pid)
 
     def active(self) -> list[dict[str, Any]]:
         inspect = self.app.control.inspect(destination=[self.hostname], timeout=1.0, limit=1)

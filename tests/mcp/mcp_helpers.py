@@ -8,15 +8,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.loopback import wait_until
+from worker.processes import Child, children, cmdline, gone, spawn
 from worker.services.config import ServiceConfig
 from worker.settings import Settings
 
@@ -30,47 +30,39 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 
 @dataclass
 class DemoServer:
-    """A demo MCP server process over HTTP; its stderr goes to `log_path`."""
+    """A demo MCP server process over HTTP, and the URL it printed."""
 
-    popen: subprocess.Popen[bytes]
-    log_path: Path
+    child: Child
     url: str
 
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        return self.child.popen
+
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.child.log()
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(STOP_TIMEOUT)
+        self.child.stop(timeout=STOP_TIMEOUT)
 
 
 def start_demo(transport: str, *, token: str | None = None, port: int = 0) -> DemoServer:
     """Start `python -m worker.demo.server` and wait for its "listening on" line."""
-    log_path = Path(tempfile.mkstemp(prefix=f"demo-{transport}-", suffix=".log")[1])
     argv = [PYTHON, "-m", "worker.demo.server", "--transport", transport, "--port", str(port), "--test-tools"]
     if token:
         argv += ["--token", token]
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+    child = spawn(f"demo-{transport}-{uuid.uuid4().hex[:8]}", argv, os.environ, Path(tempfile.gettempdir()))
 
     def listening() -> str | None:
-        if popen.poll() is not None:
-            raise AssertionError(f"demo server exited early ({popen.returncode}):\n{log_path.read_text()}")
-        match = _LISTENING.search(log_path.read_text(errors="replace"))
+        match = _LISTENING.search(child.log())
         return match.group(1) if match else None
 
     try:
-        url = wait_until(listening, START_TIMEOUT, f"the {transport} demo server")
+        url = child.wait_for(listening, START_TIMEOUT, f"the {transport} demo server")
     except BaseException:  # a timeout, a dead process or ^C: leave nothing running
-        popen.kill()
-        popen.wait(STOP_TIMEOUT)
+        child.kill_group()
         raise
-    return DemoServer(popen, log_path, url)
+    return DemoServer(child, url)
 
 
 def make_settings(**overrides: str) -> Settings:
@@ -104,22 +96,9 @@ def service(
 
 def children_running(fragment: str) -> list[int]:
     """Pids of this process's live (non-zombie) children whose command line contains `fragment`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        state, ppid = fields[0], int(fields[1])
-        if ppid == os.getpid() and state != "Z" and fragment in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in children(os.getpid()) if fragment in cmdline(pid)]
 
 
 def process_gone(pid: int) -> bool:
     """True when `pid` no longer exists (reaped), False while it runs or is a zombie."""
-    return not Path(f"/proc/{pid}").exists()
+    return gone(pid)

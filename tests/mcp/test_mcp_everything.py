@@ -19,7 +19,7 @@ from mcp_helpers import make_settings, service
 
 from worker import mcp
 from worker.errors import ToolInputRejected, UnknownTool
-from worker.loopback import port_open, wait_until
+from worker.processes import port_open, wait_until
 from worker.services.config import ServiceConfig
 from worker.settings import Settings
 

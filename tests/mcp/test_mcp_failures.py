@@ -33,7 +33,7 @@ from worker.errors import (
     ToolInputRejected,
     UnknownTool,
 )
-from worker.loopback import free_port, wait_until
+from worker.processes import free_port, wait_until
 from worker.services.config import ServiceConfig
 from worker.settings import Settings
 

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import WorkerError
-from worker.loopback import free_port, port_open
+from worker.processes import Child, free_port, port_open, spawn
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -45,13 +42,6 @@ class DemoFailed(WorkerError):
     """A step of the demo did not complete."""
 
 
-@dataclass
-class Child:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
 def demo_environment(data_dir: Path | None = None) -> dict[str, str]:
     """The environment of the demo and its children: the embedded default in one folder."""
     env = {k: v for k, v in os.environ.items() if k not in EMBEDDED_OVERRIDES}
@@ -66,51 +56,19 @@ def demo_environment(data_dir: Path | None = None) -> dict[str, str]:
 
 @contextmanager
 def _child(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> Iterator[Child]:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            argv,
-            env=dict(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    child = Child(name, popen, log_path)
+    # Not tied to the demo's life: with --keep-running they outlive it.
+    child = spawn(name, argv, env, log_dir, die_with_parent=False, fresh_log=True)
     try:
         yield child
     finally:
-        stop_child(child)
+        child.stop(timeout=STOP_TIMEOUT_S)
 
 
-def stop_child(child: Child) -> None:
-    """SIGTERM (a warm shutdown for Celery), then SIGKILL of the whole group if it lingers."""
-    if child.popen.poll() is not None:
-        return
-    child.popen.send_signal(signal.SIGTERM)
+def _wait(child: Child, predicate: Callable[[], Any], what: str) -> None:
     try:
-        child.popen.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.popen.pid, signal.SIGKILL)
-        child.popen.wait(timeout=5)
-    # A worker's pool children and stdio servers share its process group; make sure none survive.
-    try:
-        os.killpg(child.popen.pid, 0)
-    except ProcessLookupError:
-        return
-    os.killpg(child.popen.pid, signal.SIGKILL)
-
-
-def _wait(predicate: Any, timeout: float, what: str, child: Child | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if child is not None and child.popen.poll() is not None:
-            tail = child.log.read_text(errors="replace")[-2000:]
-            raise DemoFailed(f"{child.name} exited while waiting for {what}:\n{tail}")
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+        child.wait_for(predicate, START_TIMEOUT_S, what)
+    except (TimeoutError, RuntimeError) as exc:
+        raise DemoFailed(str(exc)) from None
 
 
 def _progress(line: str) -> None:
@@ -133,7 +91,7 @@ def start_demo_server(
         token,
     ]
     child = stack.enter_context(_child(f"demo-server-{transport}", argv, env, log_dir))
-    _wait(lambda: port_open(port), START_TIMEOUT_S, f"the {transport} demo server on port {port}", child)
+    _wait(child, lambda: port_open(port), f"the {transport} demo server on port {port}")
     return port
 
 
@@ -166,7 +124,7 @@ def start_worker(stack: ExitStack, env: Mapping[str, str], log_dir: Path, *, wit
         replies = app.control.ping(destination=[hostname], timeout=0.5) or []
         return any(hostname in reply for reply in replies)
 
-    _wait(answered, START_TIMEOUT_S, "the Celery worker to answer a ping", child)
+    _wait(child, answered, "the Celery worker to answer a ping")
     return hostname
 
 
