@@ -114,3 +114,18 @@ def test_modules_and_functions_stay_small(path: Path) -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert long == [], f"{path}: functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_every_folder_of_the_package_ships() -> None:
+    # A folder missing from the list is left out of the wheel (or warns when it holds data).
+    import tomllib
+
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    folders = {
+        ".".join(path.relative_to(PACKAGE.parent).parts)
+        for path in [PACKAGE, *PACKAGE.rglob("*")]
+        if path.is_dir() and path.name != "__pycache__"
+    }
+    assert folders <= listed, folders - listed
