@@ -119,7 +119,10 @@ def _seconds(duration: str) -> int:
 
 @pytest.mark.parametrize(
     ("service", "hard_limit"),
-    [("worker-tools", Settings.task_time_limit), ("worker-reports", Settings.report_time_limit)],
+    [
+        ("worker-tools", Settings.from_env({}).task_time_limit),
+        ("worker-reports", Settings.from_env({}).report_time_limit),
+    ],
 )
 def test_a_worker_is_given_longer_to_stop_than_its_longest_task(
     tmp_path: Path, service: str, hard_limit: int
