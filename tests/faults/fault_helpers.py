@@ -30,13 +30,13 @@ import psutil
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from processes import Proc, free_port, port_open, spawn, wait_until
+from processes import Proc, free_port, spawn, wait_until
 from sqlalchemy.orm import Session
 from testenv import RUN_ID, TEST_DB_URL
 
 from worker.db.models import McpExecution
 from worker.execution import audit
-from worker.processes import children, matching
+from worker.processes import children, matching, port_open
 from worker.services.store import save_service
 
 PYTHON = sys.executable
