@@ -10,26 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from stack import fresh_database
 from test_schema import SEED_INDEXES
-from testenv import _pg_url
 
 CLI = [sys.executable, "-m", "worker.cli"]
 
 
 @pytest.fixture
 def fresh_db_env() -> Iterator[dict[str, str]]:
-    import secrets
-
-    name = f"mcp_worker_cli_{secrets.token_hex(4)}"
-    admin = sa.create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield {**os.environ, "DATABASE_URL": _pg_url(name)}
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("mcp_worker_cli") as url:
+        yield {**os.environ, "DATABASE_URL": url}
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -26,6 +26,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -278,6 +279,10 @@ def run(
     anyio.run(_serve_http, server, transport, host, port, token)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: `python -m worker.demo.server --transport streamable-http --port 0`."""
     parser = argparse.ArgumentParser(prog="mcp-worker demo-server", description=__doc__.split("\n")[0])
@@ -287,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--token", default=None, help="require this credential (default: $MCP_DEMO_TOKEN)")
     parser.add_argument("--test-tools", action="store_true", help="add sleep/fail/big_result/crash")
     args = parser.parse_args(argv)
+    # SIGTERM (`docker stop`) ends the server as ^C does: a clean exit 0. uvicorn shuts down
+    # gracefully on it, then re-raises it to the handler found here.
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         run(args.transport, host=args.host, port=args.port, token=args.token, test_tools=args.test_tools)
 
