@@ -87,9 +87,9 @@ def _redis(env: BenchEnv) -> redis.Redis:
 def _control(env: BenchEnv, action: str) -> None:
     control = _app().control
     fn = control.cancel_consumer if action == "cancel" else control.add_consumer
-    replies = fn(QUEUE, destination=[env.worker_name], reply=True, timeout=CONTROL_TIMEOUT_S)
-    if not replies:
-        raise RuntimeError(f"worker {env.worker_name} did not answer {action}_consumer")
+    replies = fn(QUEUE, destination=env.worker_names, reply=True, timeout=CONTROL_TIMEOUT_S)
+    if len(replies or []) < len(env.worker_names):
+        raise RuntimeError(f"workers {env.worker_names} did not all answer {action}_consumer")
 
 
 def _send(name: str, kwargs_list: list[dict[str, Any]]) -> list[str]:
@@ -322,7 +322,7 @@ class Memory:
 def memory(env: BenchEnv, users: int) -> Memory:
     """RSS of the only pool process of a `-c 1` worker holding one, then `users`, pooled sessions
     (one per credential) against the one HTTP demo server."""
-    worker = env.start_worker("bench-memory", 1)
+    worker = env.start_worker("bench-memory", 1)  # prefork -c 1: one pool process to read
     try:
         child = wait_until(lambda: children(worker.pid), 30, "the pool process")[0]
 

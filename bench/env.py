@@ -32,6 +32,7 @@ START_TIMEOUT_S = 60.0
 STDIO_COMMAND = f"{sys.executable} -m worker.demo.server --transport stdio"
 # The worker's queue and the bench's user ids.
 QUEUE = names.TOOLS_QUEUE
+SLOW_SERVICE = "slow"
 USER = "bench"
 MEMORY_USERS = 100
 
@@ -60,7 +61,7 @@ class BenchEnv:
         self.procs: list[Proc] = []
         self.redis_proc: Proc | None = None
         self.demo_servers: list[Proc] = []
-        self.worker_name = ""
+        self.worker_names: list[str] = []
         self.http_url = ""
         self.sse_url = ""
         self._db_created = False
@@ -142,6 +143,7 @@ class BenchEnv:
     def _start_demo(self, transport: str) -> str:
         port = free_port()
         argv = [sys.executable, "-m", "worker.demo.server", "--transport", transport, "--port", str(port)]
+        argv.append("--test-tools")  # `sleep` (it awaits) and `concurrency`, for the slow-tool cases
         proc = start_listening(f"demo-{transport}", argv, port, os.environ, self.log_dir, START_TIMEOUT_S)
         self.procs.append(proc)
         self.demo_servers.append(proc)
@@ -160,6 +162,9 @@ class BenchEnv:
                 session, record(USER, "streamable_http", "streamable_http", self.http_url, "bench-key-http")
             )
             save_service(session, record(USER, "sse", "sse", self.sse_url, "bench-key-sse"))
+            # The slow-tool cases measure the worker: the service's own limit stays out of the way.
+            slow = record(USER, SLOW_SERVICE, "streamable_http", self.http_url, "bench-key-slow")
+            save_service(session, {**slow, "params": {"max_concurrency": 100_000}})
             for i in range(MEMORY_USERS):
                 user = f"mem-{i:03d}"
                 save_service(
@@ -172,29 +177,42 @@ class BenchEnv:
 
     # ------------------------------------------------------------------ workers
 
-    def start_worker(self, name: str, concurrency: int) -> Proc:
-        """`celery -A worker worker` as production runs it (prefork, -Q mcp.tools, INFO logs, events
-        on as Flower turns them on), plus `-I bench.tasks`; waits until it answers a ping. It is
-        the worker the cases talk to from then on."""
+    def start_worker(self, name: str, concurrency: int | None = None) -> Proc:
+        """The tools worker as production runs it: `mcp-worker worker -Q mcp.tools` with its own
+        defaults (the threads pool, MCP_TOOLS_CONCURRENCY in flight), events on as Flower turns
+        them on, plus `-I bench.tasks`. With `concurrency`: `celery -A worker worker -P prefork
+        -c N` as docker-compose.yml ran it before. Waits until it answers a ping; it is the
+        worker the cases talk to from then on."""
+        from worker.cli.supervise import default_processes, node_names
+
         hostname = f"{name}-{self.run_id}@{socket.gethostname()}"
-        argv = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "-Q", QUEUE, "-c", str(concurrency), "-P", "prefork", "-n", hostname,
-            "--loglevel", "INFO", "-E", "-I", "bench.tasks",
-        ]  # fmt: skip
+        if concurrency is None:
+            argv = [sys.executable, "-m", "worker.cli", "worker", "-Q", QUEUE]
+            processes = int(os.environ.get("MCP_TOOLS_PROCESSES") or 0) or default_processes()
+            # More than one: the threads-pool processes `mcp-worker worker` supervises.
+            nodes = node_names(hostname, processes) if processes > 1 else [hostname]
+        else:
+            argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", QUEUE]
+            argv += ["-c", str(concurrency), "-P", "prefork", "--loglevel", "INFO"]
+            nodes = [hostname]
+        argv += ["-n", hostname, "-E", "-I", "bench.tasks"]
         proc = spawn(name, argv, os.environ, self.log_dir, cwd=REPO)
         self.procs.append(proc)
 
         proc.wait_for(
-            lambda: hostname in self.ping(hostname), START_TIMEOUT_S, f"worker {hostname}", interval=0.2
+            lambda: set(nodes) <= self.ping(nodes),
+            START_TIMEOUT_S,
+            f"worker {', '.join(nodes)}",
+            interval=0.2,
         )
-        proc.name = self.worker_name = hostname
+        proc.name = hostname
+        self.worker_names = nodes
         return proc
 
-    def ping(self, hostname: str) -> set[str]:
+    def ping(self, nodes: list[str]) -> set[str]:
         from worker.celery import app
 
-        replies = app.control.ping(destination=[hostname], timeout=0.5) or []
+        replies = app.control.ping(destination=nodes, timeout=0.5) or []
         return {name for reply in replies for name in reply}
 
     def stop(self, proc: Proc) -> None:

@@ -38,30 +38,61 @@ class Sizes:
     naive_stdio: int
     naive_http: int
     latency: int
+    slow: int  # slow-tool calls through the production worker and the direct client
+    slow_prefork: int  # 200 ms calls through prefork -c 8 (2 s calls: a tenth of it)
 
 
 FULL = Sizes(
-    ceiling=2000, direct=1000, execute=2000, diagnostic=1000, naive_stdio=12, naive_http=200, latency=200
+    ceiling=2000,
+    direct=1000,
+    execute=2000,
+    diagnostic=1000,
+    naive_stdio=12,
+    naive_http=200,
+    latency=200,
+    slow=2000,
+    slow_prefork=2000,
 )
-QUICK = Sizes(ceiling=500, direct=300, execute=500, diagnostic=300, naive_stdio=4, naive_http=50, latency=50)
+QUICK = Sizes(
+    ceiling=500,
+    direct=300,
+    execute=500,
+    diagnostic=300,
+    naive_stdio=4,
+    naive_http=50,
+    latency=50,
+    slow=600,
+    slow_prefork=400,
+)
+# The slow tool's durations, in seconds.
+SLOW_SECONDS = (0.2, 2.0)
 
 # The issue's targets: (what, measured from the summary, at least).
 TARGETS: list[tuple[str, Callable[[dict[str, Any]], float], float]] = [
-    ("execute_tool stdio / ceiling", lambda s: s["execute_tool/stdio"] / s["ceiling"], 0.50),
     (
-        "execute_tool streamable_http / ceiling",
-        lambda s: s["execute_tool/streamable_http"] / s["ceiling"],
-        0.40,
+        "200 ms tool: production worker / direct asyncio client",
+        lambda s: s["slow/200ms/production"] / s["slow/200ms/direct"],
+        0.60,
     ),
-    ("execute_tool stdio / naive stdio", lambda s: s["execute_tool/stdio"] / s["naive/stdio"], 100.0),
     (
-        "execute_tool streamable_http / naive streamable_http",
-        lambda s: s["execute_tool/streamable_http"] / s["naive/streamable_http"],
+        "200 ms tool: production worker / prefork -c 8",
+        lambda s: s["slow/200ms/production"] / s["slow/200ms/prefork"],
         5.0,
     ),
+    (
+        "fast tool stdio: production worker / prefork -c 8",
+        lambda s: s["execute_tool/stdio"] / s["prefork/execute_tool/stdio"],
+        1.0,
+    ),
+    (
+        "fast tool streamable_http: production worker / prefork -c 8",
+        lambda s: s["execute_tool/streamable_http"] / s["prefork/execute_tool/streamable_http"],
+        1.0,
+    ),
 ]
-LATENCY_P50_TARGET_MS = 25.0
-# docker-compose.yml's default for the tools worker (WORKER_TOOLS_CONCURRENCY).
+LATENCY_P50_TARGET_MS = 5.0
+RSS_TARGET_MIB = 300.0
+# The prefork comparison: docker-compose.yml's tools worker before the threads pool (`-c 8`).
 PRODUCTION_CONCURRENCY = 8
 
 
@@ -71,8 +102,8 @@ def _times(ratio: float) -> str:
 
 
 def _production_concurrency() -> int:
-    """The tools worker's concurrency as production runs it: docker-compose.yml's
-    `-c ${WORKER_TOOLS_CONCURRENCY:-8}` (MCP calls wait on I/O, so more processes than cores)."""
+    """The prefork comparison's processes: `$WORKER_TOOLS_CONCURRENCY`, else 8, what
+    docker-compose.yml ran before the threads pool."""
     raw = os.environ.get("WORKER_TOOLS_CONCURRENCY", "").strip()
     return int(raw) if raw.isdigit() and int(raw) > 0 else PRODUCTION_CONCURRENCY
 
@@ -85,7 +116,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency",
         type=int,
         default=_production_concurrency(),
-        help="worker processes (default: what docker-compose.yml runs, $WORKER_TOOLS_CONCURRENCY or 8)",
+        help="processes of the prefork comparison worker ($WORKER_TOOLS_CONCURRENCY or 8)",
     )
     parser.add_argument(
         "--redis-url",
@@ -111,7 +142,7 @@ def _say(text: str) -> None:
 
 
 def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> dict[str, list[Any]]:
-    from bench import cases
+    from bench import cases, slow
 
     raw: dict[str, list[Any]] = {}
 
@@ -123,6 +154,8 @@ def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> di
         raw.setdefault(key, []).append(value)
         if isinstance(value, cases.Drained):
             shown = f"{value.rate:,.1f}/s"
+        elif isinstance(value, float):
+            shown = f"{value:,.0f} MiB"
         else:
             shown = f"p50 {cases.percentile(value, 50):.1f} ms"
         _say(f"  {key:<30} {shown:>14}   ({time.monotonic() - started:.1f} s)")
@@ -133,29 +166,64 @@ def _rounds(env: BenchEnv, sizes: Sizes, runs: int, only: tuple[str, ...]) -> di
             # A fresh worker each round: a worker keeps one speed for its whole life (its main
             # process's cost per task follows its hash seed, among other things: see the README),
             # so the median of the rounds is a median over workers, not three looks at one.
-            if worker is not None:
-                env.stop(worker)
-            worker = env.start_worker(f"bench-r{run}", env.concurrency)
-            probe = cases.CpuProbe(env, worker)
             _say(f"round {run}/{runs} (load average {os.getloadavg()[0]:.2f})")
-            record("ceiling", partial(cases.ceiling, env, probe, sizes.ceiling))
-            for mode in TRANSPORTS:
-                record(f"direct/{mode}", partial(cases.direct, env, mode, sizes.direct))
-            for mode in TRANSPORTS:
-                record(f"execute_tool/{mode}", partial(cases.execute_tool, env, probe, mode, sizes.execute))
-            for mode in HTTP_TRANSPORTS:
-                record(f"pooled_call/{mode}", partial(cases.pooled_call, env, probe, mode, sizes.diagnostic))
-            record("rows_only", partial(cases.rows_only, env, probe, sizes.diagnostic))
-            record("wait_only", partial(cases.wait_only, env, probe, sizes.diagnostic))
-            for mode in TRANSPORTS:
-                n = sizes.naive_stdio if mode == "stdio" else sizes.naive_http
-                record(f"naive/{mode}", partial(cases.naive, env, probe, mode, n))
-            for mode in TRANSPORTS:
-                record(f"latency/{mode}", partial(cases.latency, env, mode, sizes.latency))
+            worker = env.start_worker(f"bench-r{run}")
+            _production_cases(env, worker, sizes, record)
+            env.stop(worker)
+            worker = env.start_worker(f"bench-prefork-r{run}", env.concurrency)
+            _prefork_cases(env, worker, sizes, record)
+            env.stop(worker)
+            worker = None
+            for seconds in SLOW_SECONDS:
+                record(f"slow/{_ms(seconds)}/direct", partial(slow.direct, env, seconds, sizes.slow))
     finally:
         if worker is not None:
             env.stop(worker)
     return raw
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}ms"
+
+
+def _production_cases(
+    env: BenchEnv, worker: Any, sizes: Sizes, record: Callable[[str, Callable[[], Any]], None]
+) -> None:
+    from bench import cases, slow
+
+    probe = cases.CpuProbe(env, worker)
+    record("ceiling", partial(cases.ceiling, env, probe, sizes.ceiling))
+    for mode in TRANSPORTS:
+        record(f"direct/{mode}", partial(cases.direct, env, mode, sizes.direct))
+    for mode in TRANSPORTS:
+        record(f"execute_tool/{mode}", partial(cases.execute_tool, env, probe, mode, sizes.execute))
+    for mode in HTTP_TRANSPORTS:
+        record(f"pooled_call/{mode}", partial(cases.pooled_call, env, probe, mode, sizes.diagnostic))
+    record("rows_only", partial(cases.rows_only, env, probe, sizes.diagnostic))
+    record("wait_only", partial(cases.wait_only, env, probe, sizes.diagnostic))
+    for mode in TRANSPORTS:
+        n = sizes.naive_stdio if mode == "stdio" else sizes.naive_http
+        record(f"naive/{mode}", partial(cases.naive, env, probe, mode, n))
+    for mode in TRANSPORTS:
+        record(f"latency/{mode}", partial(cases.latency, env, mode, sizes.latency))
+    for seconds in SLOW_SECONDS:
+        record(
+            f"slow/{_ms(seconds)}/production", partial(slow.through_worker, env, probe, seconds, sizes.slow)
+        )
+    record("rss/200 in flight", partial(slow.rss_in_flight, env, worker))
+
+
+def _prefork_cases(
+    env: BenchEnv, worker: Any, sizes: Sizes, record: Callable[[str, Callable[[], Any]], None]
+) -> None:
+    from bench import cases, slow
+
+    probe = cases.CpuProbe(env, worker)
+    for mode in HTTP_TRANSPORTS:
+        record(f"prefork/execute_tool/{mode}", partial(cases.execute_tool, env, probe, mode, sizes.execute))
+    for seconds in SLOW_SECONDS:
+        n = sizes.slow_prefork if seconds < 1 else sizes.slow_prefork // 10
+        record(f"slow/{_ms(seconds)}/prefork", partial(slow.through_worker, env, probe, seconds, n))
 
 
 def _summarise(
@@ -168,6 +236,10 @@ def _summarise(
     runs: dict[str, Any] = {}
     cpu: dict[str, dict[str, float]] = {}
     for key, values in raw.items():
+        if key.startswith("rss/"):
+            summary[key] = statistics.median(values)
+            runs[key] = list(values)
+            continue
         if key.startswith("latency/"):
             p50 = [cases.percentile(v, 50) for v in values]
             p99 = [cases.percentile(v, 99) for v in values]
@@ -247,6 +319,7 @@ def _table(
             f"| 5. latency, enqueue to success row, idle worker | {mode} | {sizes.latency} x {runs} | "
             f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms | | |"
         )
+    lines += _slow_rows(summary, sizes, runs)
     if memory is not None:
         lines.append(
             f"| 6. RSS of one pool process holding {memory.sessions} sessions | streamable_http | "
@@ -255,7 +328,9 @@ def _table(
         )
     lines += [
         "",
-        f"Worker: `celery -A worker worker -Q mcp.tools -c {concurrency} -P prefork -E --loglevel INFO` with "
+        "Worker: `mcp-worker worker -Q mcp.tools -E` (the production tools worker: the threads pool, "
+        f"MCP_TOOLS_CONCURRENCY in flight); the prefork rows: `celery -A worker worker -Q mcp.tools -c {concurrency} "
+        "-P prefork -E`, as docker-compose.yml ran it before. Both with "
         "celeryconfig as shipped (acks_late, prefetch multiplier 1, task events on) and credentials "
         "encrypted at rest; its own redis-server and PostgreSQL on loopback; the bundled demo MCP server's "
         "`echo`. Throughput: the queue is filled first, then N / (consuming resumed -> last `date_done`). "
@@ -275,11 +350,48 @@ def _table(
     return "\n".join(lines)
 
 
+def _slow_rows(summary: dict[str, Any], sizes: Sizes, runs: int) -> list[str]:
+    """Rows 7-9: the slow tool through the production worker, prefork -c 8 and the direct client;
+    the fast tool on prefork; the whole tools worker's RSS with 200 calls in flight."""
+    lines = []
+    for mode in HTTP_TRANSPORTS:
+        lines.append(
+            f"| 7. `mcp.execute_tool`, fast tool, prefork -c 8 | {mode} | {sizes.execute} x {runs} | "
+            f"{_num(summary[f'prefork/execute_tool/{mode}'])} tasks/s | | |"
+        )
+    for seconds in SLOW_SECONDS:
+        ms = _ms(seconds)
+        for who, n in (
+            ("production worker", sizes.slow),
+            ("prefork -c 8", sizes.slow_prefork if seconds < 1 else sizes.slow_prefork // 10),
+            ("direct asyncio client, 200 in flight", sizes.slow),
+        ):
+            key = f"slow/{ms}/{who.split()[0]}"
+            lines.append(
+                f"| 8. {ms} tool (`sleep`), {who} | streamable_http | {n} x {runs} | "
+                f"{_num(summary[key])} calls/s | | |"
+            )
+    lines.append(
+        f"| 9. RSS of the whole tools worker, 200 calls in flight | streamable_http | 200 x {runs} | "
+        f"{summary['rss/200 in flight']:.0f} MiB | | |"
+    )
+    return lines
+
+
 def _checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
     checks = [
         {"target": name, "measured": round(test(summary), 3), "required": need, "met": test(summary) >= need}
         for name, test, need in TARGETS
     ]
+    rss = summary["rss/200 in flight"]
+    checks.append(
+        {
+            "target": "RSS MiB, 200 in flight (below)",
+            "measured": round(rss, 1),
+            "required": RSS_TARGET_MIB,
+            "met": rss < RSS_TARGET_MIB,
+        }
+    )
     for mode in ("stdio", "streamable_http"):
         p50 = summary[f"latency/{mode}"]["p50_ms"]
         checks.append(

@@ -4,6 +4,7 @@ and `mcp-worker --version` answers."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,13 +12,13 @@ import uuid
 from typing import Any
 
 import pytest
-from processes import ping, spawn, wait_until
-from testenv import BROKER_URL, LOG_DIR
+from processes import broker_env, ping, spawn, wait_until
+from testenv import BROKER_URL, LOG_DIR, extra_redis_url
 
 from worker import mcp
 from worker.db.engine import session_scope
 from worker.execution import audit
-from worker.processes import free_port, port_open
+from worker.processes import children, free_port, gone, port_open
 from worker.services.config import ServiceConfig
 from worker.services.store import save_service
 
@@ -121,5 +122,80 @@ def test_worker_with_celery_options_serves_a_call(demo_http: str) -> None:
 
         row = wait_until(final, ROW_TIMEOUT_S, f"the row of {task_id}", interval=0.1)
         assert row["status"] == "success", row
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("given", "added"),
+    [
+        ([], ["-P", "threads", "-c", "200", "--prefetch-multiplier", "1"]),
+        (["-c", "50"], ["-P", "threads", "--prefetch-multiplier", "1"]),
+        (["--concurrency=50", "--prefetch-multiplier=4"], ["-P", "threads"]),
+        (["-P", "prefork", "-c", "8"], []),
+        (["--pool=prefork"], []),
+    ],
+)
+def test_the_tools_worker_defaults_to_threads_unless_a_pool_is_given(
+    given: list[str], added: list[str]
+) -> None:
+    from worker.cli.run import tools_pool_defaults
+
+    assert tools_pool_defaults(["-Q", "mcp.tools", *given], 200) == added
+
+
+def _supervised(processes: int) -> tuple[Any, str, list[str], dict[str, str]]:
+    """`mcp-worker worker -Q mcp.tools` (its own Redis database) with MCP_TOOLS_PROCESSES set,
+    once each of its processes answers a ping."""
+    broker = extra_redis_url()
+    env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker}
+    env["MCP_TOOLS_PROCESSES"] = str(processes)
+    name = f"sup-{uuid.uuid4().hex[:6]}"
+    argv = [*CLI, "worker", "-Q", "mcp.tools", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+    proc = spawn(name, argv, env, LOG_DIR)
+    nodes = [f"{name}-{i}@{socket.gethostname()}" for i in range(1, processes + 1)]
+    for node in nodes:
+        proc.wait_for(lambda node=node: ping(broker, node), START_TIMEOUT_S, f"{node} to answer")
+    return proc, f"{name}@{socket.gethostname()}", nodes, env
+
+
+def test_the_tools_worker_runs_one_threads_process_each_and_stops_them_all() -> None:
+    from celery import Celery
+
+    proc, name, nodes, env = _supervised(2)
+    try:
+        with broker_env(env["CELERY_BROKER_URL"]):
+            app = Celery("inspect")
+            stats = app.control.inspect(destination=nodes, timeout=5).stats() or {}
+            app.close()
+        assert set(stats) == set(nodes)
+        for node in nodes:
+            assert "thread" in stats[node]["pool"]["implementation"]
+            assert stats[node]["pool"]["max-concurrency"] == 200
+        health = subprocess.run(
+            [*CLI, "health", "--timeout", "3", "--worker", name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert health.returncode == 0, health.stdout + health.stderr
+        workers = children(proc.pid)
+        assert len(workers) == 2
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.tail()
+    assert all(gone(pid) for pid in workers)
+
+
+def test_the_tools_worker_stops_when_one_of_its_processes_dies() -> None:
+    proc, _, _, _ = _supervised(2)
+    try:
+        first, second = children(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not proc.alive(), START_TIMEOUT_S, "the supervisor to exit")
+        assert proc.popen.returncode == 128 + signal.SIGKILL
+        wait_until(lambda: gone(second), 10, "the other worker process to stop")
+        assert "stopping the others" in proc.log()
     finally:
         proc.stop()

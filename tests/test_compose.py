@@ -100,13 +100,18 @@ def test_flower_is_published_on_loopback_only(tmp_path: Path) -> None:
     assert len(published) == 1
 
 
-def test_the_benchmark_runs_the_tools_worker_as_compose_does() -> None:
-    """`make bench` measures the production settings: its default concurrency is compose's."""
-    from bench.run import PRODUCTION_CONCURRENCY
+def test_the_tools_worker_runs_with_the_production_defaults_the_benchmark_measures() -> None:
+    """Compose starts the tools worker with no pool options, so it gets `mcp-worker worker`'s
+    production defaults (threads, one process per core): the ones `make bench` measures."""
+    import inspect
+
+    from bench.env import BenchEnv
 
     text = COMPOSE_FILE.read_text()
-    assert f'"-c", "${{WORKER_TOOLS_CONCURRENCY:-{PRODUCTION_CONCURRENCY}}}"' in text
-    assert f"WORKER_TOOLS_CONCURRENCY={PRODUCTION_CONCURRENCY}" in ENV_EXAMPLE.read_text()
+    assert 'command: ["mcp-worker", "worker", "-Q", "mcp.tools", "-n", "tools@%h"]' in text
+    assert '"mcp-worker", "worker", "-Q", "mcp.tools", "-P"' not in text
+    assert '"worker.cli", "worker", "-Q", QUEUE]' in inspect.getsource(BenchEnv.start_worker)
+    assert "MCP_TOOLS_CONCURRENCY=200" in ENV_EXAMPLE.read_text()
 
 
 def _seconds(duration: str) -> int:

@@ -168,11 +168,20 @@ def test_migrate_exits_0_at_the_head_revision(stack: Stack) -> None:
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
 
 
-def _worker_answers(stack: Stack, service: str, prefix: str) -> None:
+def _worker_answers(stack: Stack, service: str, prefix: str, supervised: bool = False) -> None:
+    """The worker answers a ping; the tools worker, each process `mcp-worker worker` runs for it."""
+    from worker.cli.supervise import default_processes, node_names
+
     child = stack.running[service]
     hostname = f"{prefix}@{socket.gethostname()}"
+    nodes = (
+        node_names(hostname, default_processes()) if supervised and default_processes() > 1 else [hostname]
+    )
     broker = stack.machine.redis_dbs[0]
-    child.wait_for(lambda: ping(broker, hostname), READY_S, f"{hostname} to answer a ping", interval=0.5)
+    for node in nodes:
+        child.wait_for(
+            lambda node=node: ping(broker, node), READY_S, f"{node} to answer a ping", interval=0.5
+        )
 
 
 def _beat_ticks(stack: Stack, service: str) -> None:
@@ -224,7 +233,7 @@ def _demo_lists_tools(stack: Stack, service: str) -> None:
 
 
 HEALTHY = {
-    "worker-tools": lambda stack, name: _worker_answers(stack, name, "tools"),
+    "worker-tools": lambda stack, name: _worker_answers(stack, name, "tools", supervised=True),
     "worker-reports": lambda stack, name: _worker_answers(stack, name, "reports"),
     "beat": _beat_ticks,
     "flower": _flower_serves,

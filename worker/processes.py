@@ -120,7 +120,7 @@ class Child:
         return wait_until(ready, timeout, what, interval)
 
 
-def _die_with_parent() -> None:
+def set_parent_death_signal() -> None:
     # Linux: the child is SIGKILLed when its parent dies, so a killed test run or demo leaves no
     # worker behind to take the next run's tasks.
     import ctypes
@@ -152,7 +152,7 @@ def spawn(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None,
+        preexec_fn=set_parent_death_signal if die_with_parent and sys.platform == "linux" else None,
     )
     return Child(name=name, popen=popen, log_path=log_path, _log=log)
 

@@ -149,7 +149,18 @@ class Settings(BaseSettings):
     stdio_allowed_commands: Words = env("MCP_STDIO_ALLOWED_COMMANDS", ())
     stdio_default_command: Command = env("MCP_STDIO_DEFAULT_COMMAND", ())
     allowed_hosts: Words = env("MCP_ALLOWED_HOSTS", ())
-    max_concurrency_per_service: int = env("MCP_MAX_CONCURRENCY_PER_SERVICE", 8, ge=1)
+    # Calls one worker process runs at once over one pooled session (a guard; the limit that
+    # holds across the cluster is the next one).
+    max_concurrency_per_service: int = env("MCP_MAX_CONCURRENCY_PER_SERVICE", 200, ge=1)
+    # Calls to one service at once across every worker and host (a Redis semaphore), unless the
+    # service sets params.max_concurrency; a call that finds no slot waits this long, then is
+    # re-queued without counting as an attempt.
+    service_max_concurrency: int = env("MCP_SERVICE_MAX_CONCURRENCY", 32, ge=1)
+    slot_wait_seconds: float = env("MCP_SLOT_WAIT_S", 2.0, ge=0)
+    # The tools worker (`mcp-worker worker -Q mcp.tools`): calls in flight per process (threads).
+    tools_concurrency: int = env("MCP_TOOLS_CONCURRENCY", 200, ge=1)
+    # ... and how many such processes it runs (0: one per core it may use).
+    tools_processes: int = env("MCP_TOOLS_PROCESSES", 0, ge=0)
 
     task_soft_time_limit: int = env("MCP_TASK_SOFT_TIME_LIMIT", 300, ge=1)
     # Unset: the soft limit plus a minute (`task_time_limit`).

@@ -294,17 +294,35 @@ def start_worker(
     hostname = f"{name}-{uuid.uuid4().hex[:6]}@faults"
     argv = [PYTHON, "-m", "celery", "-A", "worker", "worker", "-n", hostname, "-Q", queues]
     argv += ["-c", str(concurrency), "-P", pool, "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-    proc = procs.spawn(hostname.split("@")[0], argv, env)
+    return _started(procs, env, argv, [hostname])
+
+
+def start_tools_worker(procs: Procs, name: str, env: Mapping[str, str], *extra: str) -> Worker:
+    """The production tools worker: `mcp-worker worker -Q mcp.tools` with no pool options (its
+    defaults are the feature), plus `extra`; it answers once each of the threads-pool processes it
+    supervises (`name-1@faults`, ...) does. The returned worker's hostname is the first one's."""
+    from worker.cli.supervise import default_processes
+
+    argv = [str(Path(PYTHON).parent / "mcp-worker"), "worker", "-Q", "mcp.tools"]
+    count = int(env.get("MCP_TOOLS_PROCESSES") or 0) or default_processes()
+    base = f"{name}-{uuid.uuid4().hex[:6]}"
+    nodes = [f"{base}-{i}@faults" for i in range(1, count + 1)] if count > 1 else [f"{base}@faults"]
+    argv += ["--without-gossip", "--without-mingle", *extra, "-n", f"{base}@faults"]
+    return _started(procs, env, argv, nodes)
+
+
+def _started(procs: Procs, env: Mapping[str, str], argv: list[str], nodes: list[str]) -> Worker:
+    proc = procs.spawn(nodes[0].split("@")[0], argv, env)
     app = celery_app(env["CELERY_BROKER_URL"])
     procs.on_cleanup(app.close)
 
     def answered() -> bool:
-        assert proc.alive(), f"worker {hostname} exited early:\n{proc.log()[-4000:]}"
-        replies = app.control.ping(destination=[hostname], timeout=0.5)
-        return any(hostname in reply for reply in replies or [])
+        assert proc.alive(), f"worker {nodes[0]} exited early:\n{proc.log()[-4000:]}"
+        replies = app.control.ping(destination=nodes, timeout=0.5)
+        return {n for reply in replies or [] for n in reply} >= set(nodes)
 
-    wait_until(answered, START_TIMEOUT_S, f"worker {hostname} to answer a ping", interval=0.2)
-    return Worker(proc, hostname, app)
+    wait_until(answered, START_TIMEOUT_S, f"worker {', '.join(nodes)} to answer a ping", interval=0.2)
+    return Worker(proc, nodes[0], app)
 
 
 # ---------------------------------------------------------------- MCP servers

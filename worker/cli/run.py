@@ -1,7 +1,9 @@
 """`mcp-worker demo`, `mcp-worker worker` and `mcp-worker beat`.
 
-`worker` and `beat` are `celery -A worker worker|beat` with the project's defaults (every queue,
-the beat schedule file in the data folder); extra arguments go to Celery unchanged. On the
+`worker` and `beat` are `celery -A worker worker|beat` with the project's defaults (every queue;
+on the tools queue alone, the threads pool with MCP_TOOLS_CONCURRENCY calls in flight, one such
+process per core under `worker.cli.supervise`; the beat schedule file in the data folder); extra
+arguments go to Celery unchanged. On the
 embedded default they migrate the SQLite database first.
 """
 
@@ -64,12 +66,52 @@ def _exec_celery(argv: list[str]) -> int:
     os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "worker", *argv])  # noqa: S606
 
 
+def _option(argv: list[str], *names: str) -> str | None:
+    """The value given to an option of Celery's command line (`-Q x`, `--queues=x`, `-Qx`), or
+    None when it is not given."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name:
+                return argv[i + 1] if i + 1 < len(argv) else ""
+            if name.startswith("--") and arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+            if not name.startswith("--") and arg.startswith(name) and len(arg) > len(name):
+                return arg[len(name) :]
+    return None
+
+
+def tools_pool_defaults(argv: list[str], concurrency: int) -> list[str]:
+    """The options a worker on the tools queue alone gets unless it sets them: the threads pool
+    (tool calls wait on I/O, so one process keeps `concurrency` of them in flight) and a prefetch
+    of one message per thread. Other queues keep Celery's prefork pool."""
+    defaults: list[str] = []
+    if _option(argv, "-P", "--pool") is None:
+        defaults += ["-P", "threads"]
+        if _option(argv, "-c", "--concurrency") is None:
+            defaults += ["-c", str(concurrency)]
+        if _option(argv, "--prefetch-multiplier") is None:
+            defaults += ["--prefetch-multiplier", "1"]
+    return defaults
+
+
 def _worker(args: argparse.Namespace) -> int:
+    from worker import names
+
     extra = list(args.rest)
     if "--help" not in extra and "-h" not in extra:
         _announce_backends()
-    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in extra):
+    queues = _option(extra, "-Q", "--queues")
+    if queues is None:
         extra = ["-Q", ALL_QUEUES, *extra]
+    elif queues == names.TOOLS_QUEUE and _option(extra, "-P", "--pool") is None:
+        from worker.cli.supervise import default_processes, supervise
+        from worker.settings import get_settings
+
+        settings = get_settings()
+        extra += tools_pool_defaults(extra, settings.tools_concurrency)
+        processes = settings.tools_processes or default_processes()
+        if processes > 1 and "--help" not in extra and "-h" not in extra:
+            return supervise(["--loglevel", "INFO", *extra], processes)
     return _exec_celery(["worker", "--loglevel", "INFO", *extra])
 
 

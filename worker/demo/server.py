@@ -169,11 +169,24 @@ def build_server(transport: str, *, test_tools: bool = False) -> MCPServer:
 
 
 def _add_test_tools(server: MCPServer) -> None:
+    # How many `sleep` calls this server runs at once, and the most it has run at once.
+    counts = {"in_flight": 0, "max": 0}
+
     @server.tool(structured_output=False)
     async def sleep(seconds: float) -> str:
-        """Sleep, then answer: for timeout tests."""
-        await anyio.sleep(seconds)
+        """Sleep, then answer: for timeout and concurrency tests (awaits: never blocks the server)."""
+        counts["in_flight"] += 1
+        counts["max"] = max(counts["max"], counts["in_flight"])
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            counts["in_flight"] -= 1
         return f"slept {seconds}"
+
+    @server.tool()
+    def concurrency() -> dict[str, int]:
+        """How many `sleep` calls run now, and the most that ran at once."""
+        return dict(counts)
 
     @server.tool(structured_output=False)
     def fail(message: str) -> str:
@@ -290,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed on stderr)")
     parser.add_argument("--token", default=None, help="require this credential (default: $MCP_DEMO_TOKEN)")
-    parser.add_argument("--test-tools", action="store_true", help="add sleep/fail/big_result/crash")
+    parser.add_argument(
+        "--test-tools", action="store_true", help="add sleep/concurrency/fail/big_result/crash/env_digest"
+    )
     args = parser.parse_args(argv)
     # SIGTERM (`docker stop`) ends the server as ^C does: a clean exit 0. uvicorn shuts down
     # gracefully on it, then re-raises it to the handler found here.

@@ -293,6 +293,26 @@ def fail(
     return bool(result.rowcount)
 
 
+def give_back(connection: Connection, task_id: str, *, owner: str, message: str, retry_within: float) -> bool:
+    """Undo this attempt's claim, the call not having started (its service had no free slot):
+    the row waits as `retrying`, with its attempt not counted, until the re-queued delivery
+    claims it (within `retry_within` seconds, or `mark_stuck` ends it). Only while `owner` holds
+    the lease; returns whether it did."""
+    c = _table.c
+    statement = (
+        sa.update(_table)
+        .where(c.task_id == task_id, c.lease_owner == owner, c.status == Status.RUNNING.value)
+        .values(
+            status=Status.RETRYING.value,
+            attempts=c.attempts - 1,
+            error_message=" ".join(message.split())[:ERROR_MESSAGE_MAX],
+            lease_expires_at=_now() + timedelta(seconds=retry_within),
+        )
+    )
+    result: Any = connection.execute(statement)
+    return bool(result.rowcount)
+
+
 def outcome(session: Session, task_id: str) -> tuple[str, Any, str | None, int | None, datetime | None]:
     """(status, result, error_message, attempts, lease_expires_at) of the row, read fresh."""
     row = session.execute(

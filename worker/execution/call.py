@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from worker import mcp
 from worker.db.engine import autocommit, session_scope
 from worker.errors import ExecutionHeld, PermanentError, ToolFailed, TransientError, WorkerError
-from worker.execution import audit, leases
+from worker.execution import audit, leases, slots
 from worker.execution.claim import Claim, claim
 from worker.redaction import redact, redact_params, register_secrets
 from worker.services import registry
@@ -251,12 +251,16 @@ def _call(
         register_secrets(config.secrets())
         merged = merge_arguments(config, args)
         stored_params = redact_params(merged, config.secrets())
-        outcome = mcp.call_tool(config, name, merged, settings=settings)
+        with slots.held(config, task_id, settings):
+            outcome = mcp.call_tool(config, name, merged, settings=settings)
         if outcome.is_error:
             raise ToolFailed(f"tool {name!r} reported an error: {outcome.message or 'no message'}")
         result, encoded = audit.encode_result(
             redact_params(outcome.result, config.secrets()), settings.max_result_bytes
         )
+    except slots.SlotBusy as busy:
+        _give_back(task_id, owner, busy)
+        raise
     except WorkerError as exc:
         final = final_attempt or not isinstance(exc, TransientError)
         message = redact(f"{type(exc).__name__}: {exc}")
@@ -280,6 +284,19 @@ def _call(
         logger.exception("execution %s failed unexpectedly", row.id)
         raise
     return _record_success(row, values, result, encoded, _elapsed_ms(started), stored_params)
+
+
+def _give_back(task_id: str, owner: str, busy: slots.SlotBusy) -> None:
+    """The call found no slot and goes back to the queue: so does its claim on the row."""
+    message = f"waiting for a slot: {busy}"
+    given = autocommit(
+        lambda connection: audit.give_back(
+            connection, task_id, owner=owner, message=message, retry_within=RETRY_BACKOFF_MAX_S
+        )
+    )
+    if not given:
+        logger.warning("the row of task %s was taken over by another delivery; its outcome stands", task_id)
+    logger.info("%s; task %s goes back to the queue", busy, task_id)
 
 
 def _record_success(

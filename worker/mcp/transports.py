@@ -173,7 +173,12 @@ def _tls_context(pid: int) -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
-def _client_factory(probe: Probe) -> Callable[..., httpx2.AsyncClient]:
+def _client_factory(probe: Probe, settings: Settings) -> Callable[..., httpx2.AsyncClient]:
+    # One connection per call in flight (a streamable HTTP call is a POST whose response streams),
+    # and the event stream: httpx's default of 100 would cap a session below the pool's limit.
+    connections = settings.max_concurrency_per_service + 2
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+
     def factory(
         headers: dict[str, str] | None = None,
         timeout: httpx2.Timeout | None = None,
@@ -184,6 +189,7 @@ def _client_factory(probe: Probe) -> Callable[..., httpx2.AsyncClient]:
             timeout=timeout,
             auth=auth,
             verify=_tls_context(os.getpid()),
+            limits=limits,
             event_hooks={"response": [probe.on_response]},
         )
 
@@ -202,7 +208,7 @@ async def sse_transport(
         headers=auth_headers(config),
         timeout=timeouts.connect,
         sse_read_timeout=max(SSE_IDLE_READ_TIMEOUT, timeouts.call + HTTP_READ_SLACK),
-        httpx_client_factory=_client_factory(probe),
+        httpx_client_factory=_client_factory(probe, settings),
     ) as streams:
         yield streams
 
@@ -214,7 +220,7 @@ async def streamable_http_transport(
     """Connect to a streamable HTTP server with one `httpx2.AsyncClient` for the session's life."""
     timeouts = timeouts_for(config, settings)
     assert config.url is not None
-    http = _client_factory(probe)(
+    http = _client_factory(probe, settings)(
         headers=auth_headers(config), timeout=_http_timeout(timeouts, timeouts.call + HTTP_READ_SLACK)
     )
     async with http:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -213,24 +214,33 @@ def check_broker(settings: Settings, timeout: float) -> Check:
 
 
 def check_workers(settings: Settings, timeout: float, names: Sequence[str] = ()) -> Check:
-    """At least one worker (or every worker in `names`) answers a ping within `timeout`."""
+    """At least one worker (or every worker in `names`) answers a ping within `timeout`. A name
+    `tools@host` is also answered by the processes `mcp-worker worker` supervises for it,
+    `tools-1@host`, `tools-2@host`... (`worker.cli.supervise`)."""
     from worker.celery import app
 
     conn = _connection(timeout)
     try:
-        replies = app.control.ping(timeout=timeout, connection=conn, destination=list(names) or None) or []
+        replies = app.control.ping(timeout=timeout, connection=conn) or []
     except Exception as exc:
         return Check("workers", Status.DOWN, one_line(exc, _broker_secrets(settings)))
     finally:
         conn.release()
     answered = sorted(name for reply in replies for name in reply)
-    missing = sorted(set(names) - set(answered))
+    missing = sorted(name for name in names if not any(_answers_for(name, a) for a in answered))
+    if names:
+        answered = [a for a in answered if any(_answers_for(name, a) for name in names)]
     if missing:
         return Check("workers", Status.DOWN, f"no answer within {timeout:g}s from {', '.join(missing)}")
     if not answered:
         return Check("workers", Status.DOWN, f"no worker answered a ping within {timeout:g}s")
     shown = ", ".join(answered[:5]) + (f" and {len(answered) - 5} more" if len(answered) > 5 else "")
     return Check("workers", Status.OK, f"{len(answered)} answered: {shown}")
+
+
+def _answers_for(name: str, node: str) -> bool:
+    base, _, host = name.partition("@")
+    return node == name or re.fullmatch(rf"{re.escape(base)}-\d+@{re.escape(host)}", node) is not None
 
 
 # ---------------------------------------------------------------- MCP services

@@ -39,7 +39,7 @@ MODE_ALIASES: dict[str, Mode] = {
 AUTH_TYPES = frozenset({"none", "api_key", "bearer", "oauth"})
 
 # Keys of `params` that configure the worker rather than the tool; they never reach the server.
-RESERVED_PARAMS = frozenset({"connect_timeout", "call_timeout", "report_tool", "refine"})
+RESERVED_PARAMS = frozenset({"connect_timeout", "call_timeout", "max_concurrency", "report_tool", "refine"})
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -155,6 +155,25 @@ def timeouts_for(config: ServiceConfig, settings: Settings) -> Timeouts:
     )
 
 
+def max_concurrency_of(config: ServiceConfig, settings: Settings) -> int:
+    """How many calls to the service may run at once across every worker: its
+    `params.max_concurrency`, else MCP_SERVICE_MAX_CONCURRENCY.
+
+    Raises:
+        InvalidService: the service's own value is not a positive whole number.
+    """
+    return _concurrency(config.params, f"service {config.desc!r}: ") or settings.service_max_concurrency
+
+
+def _concurrency(params: Mapping[str, Any], where: str) -> int | None:
+    value = params.get("max_concurrency")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidService(f"{where}max_concurrency must be a whole number of calls, at least 1")
+    return value
+
+
 def _text(value: object, key: str, *, required: bool, max_len: int = 255) -> str | None:
     if value is None or value == "":
         if required:
@@ -259,6 +278,7 @@ class ServiceRecord(BaseModel):
         settings: Settings = (info.context or {})["settings"]
         try:
             found = _timeout_overrides((self.params, self.auth), "")
+            _concurrency(self.params, "")
         except InvalidService as exc:
             raise ValueError(str(exc)) from None
         timeouts = Timeouts(
