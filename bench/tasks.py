@@ -16,6 +16,7 @@ message per pool process at a time allows any task that waits on I/O that long.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,19 @@ from worker.services.config import ServiceConfig
 from worker.services.registry import resolve
 
 _configs: dict[tuple[str, str], ServiceConfig] = {}
+_local = threading.local()
+_real_call_tool = mcp.call_tool
+
+
+def _call_tool(config: ServiceConfig, tool: str, arguments: dict[str, Any], **kwargs: Any) -> ToolOutcome:
+    if getattr(_local, "answer", False):
+        return ToolOutcome(result=[str(arguments.get("message"))], is_error=False, message=None)
+    return _real_call_tool(config, tool, arguments, **kwargs)
+
+
+# Installed once, when the bench's worker imports this module (`-I bench.tasks`): patching and
+# restoring around each task would race between threads and could leave it installed for good.
+mcp.call_tool = _call_tool
 
 
 @app.task(name="bench.noop", queue=names.TOOLS_QUEUE, acks_late=True)
@@ -72,16 +86,13 @@ def pooled_call(user_id: str, service: str, message: str) -> Any:
 
 @contextmanager
 def _answered_in_process() -> Iterator[None]:
-    real = mcp.call_tool
-
-    def answer(config: ServiceConfig, tool: str, arguments: dict[str, Any], **_: Any) -> ToolOutcome:
-        return ToolOutcome(result=[str(arguments.get("message"))], is_error=False, message=None)
-
-    mcp.call_tool = answer
+    """For this thread only (the threads pool runs many tasks in one process): its calls are
+    answered in process; the other threads keep calling their servers."""
+    _local.answer = True
     try:
         yield
     finally:
-        mcp.call_tool = real
+        _local.answer = False
 
 
 @app.task(name="bench.rows_only", bind=True, queue=names.TOOLS_QUEUE, acks_late=True)

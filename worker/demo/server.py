@@ -253,6 +253,7 @@ async def _serve_http(server: MCPServer, transport: str, host: str, port: int, t
     actual = sock.getsockname()[1]
     config = uvicorn.Config(asgi, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     userver = uvicorn.Server(config)
+    _uvicorn_serving["on"] = True
     async with anyio.create_task_group() as tg:
         tg.start_soon(userver.serve, [sock])
         while not userver.started:
@@ -292,8 +293,14 @@ def run(
     anyio.run(_serve_http, server, transport, host, port, token)
 
 
+# Set while uvicorn serves: it stops gracefully on SIGTERM itself, then re-raises the signal to
+# the handler it found, which must then let it return rather than interrupt the shutdown.
+_uvicorn_serving = {"on": False}
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    if not _uvicorn_serving["on"]:
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> None:
