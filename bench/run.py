@@ -364,7 +364,7 @@ def _slow_rows(summary: dict[str, Any], sizes: Sizes, runs: int) -> list[str]:
         for who, n in (
             ("production worker", sizes.slow),
             ("prefork -c 8", sizes.slow_prefork if seconds < 1 else sizes.slow_prefork // 10),
-            ("direct asyncio client, 200 in flight", sizes.slow),
+            ("direct asyncio client, as many in flight", sizes.slow),
         ):
             key = f"slow/{ms}/{who.split()[0]}"
             lines.append(

@@ -17,8 +17,17 @@ from bench.procs import Proc
 from worker.names import EXECUTE_TOOL
 from worker.processes import rss_bytes, wait_until
 
-# Calls the direct client keeps in flight: the production worker's MCP_TOOLS_CONCURRENCY default.
+# Calls in flight: each of the production worker's processes holds MCP_TOOLS_CONCURRENCY.
 IN_FLIGHT = 200
+
+
+def production_in_flight() -> int:
+    """How many calls the production tools worker holds at once: the direct client's count."""
+    from worker.cli.supervise import default_processes
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    return (settings.tools_processes or default_processes()) * settings.tools_concurrency
 
 
 def _calls(seconds: float, n: int) -> list[dict[str, Any]]:
@@ -31,8 +40,10 @@ def through_worker(env: BenchEnv, probe: CpuProbe, seconds: float, n: int) -> Dr
     return drain(env, probe, EXECUTE_TOOL, _calls(seconds, n))[0]
 
 
-def direct(env: BenchEnv, seconds: float, n: int, in_flight: int = IN_FLIGHT) -> Drained:
-    """N `sleep(seconds)` calls over one plain `mcp.Client` session, `in_flight` at a time."""
+def direct(env: BenchEnv, seconds: float, n: int, in_flight: int | None = None) -> Drained:
+    """N `sleep(seconds)` calls over one plain `mcp.Client` session, `in_flight` at a time (as
+    many as the production worker holds)."""
+    in_flight = in_flight or production_in_flight()
 
     async def run() -> float:
         # httpx's default pool (100 connections) would cap the calls in flight: one per call.
