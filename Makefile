@@ -10,9 +10,11 @@ STAMP := $(VENV)/.installed-dev
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# -qq: pip says nothing unless it fails (a machine's own pip configuration can make it warn about
+# index locations on every install, before the demo's first line).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -qq --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
@@ -24,7 +26,7 @@ venv: $(BIN)/python ## create the virtual environment (.venv)
 dev: $(STAMP) ## install the project with its dev extra and the test MCP servers
 
 demo: $(BIN)/python ## install the project and run the whole flow on the embedded default
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install -qq -e .
 	$(BIN)/mcp-worker demo
 
 test: $(STAMP) ## run the test suite (needs PostgreSQL and Redis; DATABASE_URL / REDIS_URL)
