@@ -347,6 +347,18 @@ def _table(
             + " | ".join(f"{groups[g]:.2f}" for g in cases.CPU_GROUPS)
             + f" | {sum(groups.values()):.2f} |"
         )
+    if "ceiling" in cpu:
+        # What the worker adds to a call: all CPU of an execute_tool task but the MCP server's and
+        # the bench's, less a no-op task's.
+        def worker_ms(key: str) -> float:
+            return sum(v for g, v in cpu[key].items() if g not in ("MCP servers", "bench"))
+
+        added = ", ".join(
+            f"{mode} {worker_ms(f'execute_tool/{mode}') - worker_ms('ceiling'):.2f} ms"
+            for mode in TRANSPORTS
+            if f"execute_tool/{mode}" in cpu
+        )
+        lines += ["", f"CPU per call the worker adds beyond a no-op task (fast tool): {added}."]
     return "\n".join(lines)
 
 
