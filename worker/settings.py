@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     max_result_bytes: int = env("MCP_MAX_RESULT_BYTES", 1024 * 1024, ge=1024)
     max_argument_bytes: int = env("MCP_MAX_ARGUMENT_BYTES", 256 * 1024, ge=1024)
     session_idle_ttl: float = env("MCP_SESSION_IDLE_TTL", 300.0, gt=0)
+    # stdio sessions (one child process each) one worker process keeps; past it the least
+    # recently used idle one is closed.
+    max_stdio_sessions: int = env("MCP_MAX_STDIO_SESSIONS", 32, ge=1)
     stdio_allowed_commands: Words = env("MCP_STDIO_ALLOWED_COMMANDS", ())
     stdio_default_command: Command = env("MCP_STDIO_DEFAULT_COMMAND", ())
     allowed_hosts: Words = env("MCP_ALLOWED_HOSTS", ())

@@ -183,3 +183,25 @@ def test_large_result(mode: str, configs: dict[str, ServiceConfig], settings: Se
     outcome = mcp.call_tool(configs[mode], "big_result", {"size_bytes": size}, settings=settings)
 
     assert len(outcome.result[0]) == size
+
+
+def test_stdio_sessions_past_the_cap_close_the_least_recently_used_idle_one() -> None:
+    capped = make_settings(MCP_MAX_STDIO_SESSIONS="2")
+    users = [service("stdio", STDIO_DEMO, api_key=f"user-key-{i:04d}", user_id=f"u{i}") for i in range(3)]
+    pids = [mcp.call_tool(u, "whoami", {}, settings=capped).result["pid"] for u in users[:2]]
+    mcp.call_tool(users[1], "whoami", {}, settings=capped)  # u0 is now the least recently used
+
+    third = mcp.call_tool(users[2], "whoami", {}, settings=capped).result["pid"]
+
+    stats = mcp.pool_stats()
+    assert stats["open_stdio_sessions"] == 2 and stats["stdio_spawned"] == 3
+    # u0's child is closed and reaped; u1's (recently used) and u2's run.
+    from processes import wait_until
+
+    wait_until(
+        lambda: sorted(children_running("--transport stdio")) == sorted([pids[1], third]),
+        15,
+        "u0's child to exit",
+    )
+    again = mcp.call_tool(users[1], "whoami", {}, settings=capped).result["pid"]
+    assert again == pids[1]

@@ -9,7 +9,8 @@ tasks (pipe readers, HTTP POSTs) live in the owner's task group, not the caller'
 A session closes after `session_idle_ttl` without calls. One that died (closed stream, child
 exited, connection reset) is dropped, and a call on a session that was already open when the
 call began is retried once on a fresh session; a failure on a fresh session is raised at once.
-Calls per session key are capped by `max_concurrency_per_service`.
+Calls per session key are capped by `max_concurrency_per_service`; stdio sessions (one child
+process each) by `max_stdio_sessions` per process, the least recently used idle one closed first.
 """
 
 from __future__ import annotations
@@ -189,6 +190,8 @@ class Pool:
                 raise ServerUnavailable("the MCP runtime is shutting down; retry the call")
             if session is not None:
                 self._drop(session)
+            if key[0] == "stdio":
+                self._make_room_for_stdio(settings.max_stdio_sessions)
             session = Session(key, config, settings, on_spawn=self._count_spawn)
             self.sessions[key] = session
             self.opened += 1
@@ -209,12 +212,29 @@ class Pool:
             )
         return session, True
 
-    def _handshake_timeout(self, session: Session) -> WorkerError:
-        """Give up on a session whose handshake took too long: close it in the background."""
+    def _make_room_for_stdio(self, cap: int) -> None:
+        """Below `cap` stdio sessions (children) in this process: close the least recently used
+        idle ones. Sessions with calls in flight are never closed, so a process whose every stdio
+        session is busy goes over the cap until one idles."""
+        stdio = [s for s in self.sessions.values() if s.key[0] == "stdio"]
+        idle = sorted((s for s in stdio if s.in_flight == 0 and s.usable), key=lambda s: s.last_used)
+        for session in idle[: max(0, len(stdio) - cap + 1)]:
+            logger.info(
+                "%s: closing the least recently used stdio session (MCP_MAX_STDIO_SESSIONS=%d)",
+                session.where,
+                cap,
+            )
+            self._close_in_background(session)
+
+    def _close_in_background(self, session: Session) -> None:
         self._drop(session)
-        task = self.loop.create_task(session.close(0))
+        task = self.loop.create_task(session.close(0 if not session.ready.done() else SESSION_CLOSE_TIMEOUT))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _handshake_timeout(self, session: Session) -> WorkerError:
+        """Give up on a session whose handshake took too long: close it in the background."""
+        self._close_in_background(session)
         if session.probe.stream_error:
             return ProtocolError(
                 f"{session.where} wrote output that is not JSON-RPC; is the command an MCP server?"
