@@ -29,7 +29,7 @@ demo: $(BIN)/python ## install the project and run the whole flow on the embedde
 	$(BIN)/pip install -qq -e .
 	$(BIN)/mcp-worker demo
 
-test: $(STAMP) ## run the test suite (needs PostgreSQL and Redis; DATABASE_URL / REDIS_URL)
+test: $(STAMP) ## run the test suite (needs PostgreSQL, Redis and docker-compose; DATABASE_URL / REDIS_URL)
 	$(BIN)/python -m pytest
 
 faults: $(STAMP) ## run only the fault-injection tests

@@ -183,12 +183,13 @@ class BenchEnv:
         them on, plus `-I bench.tasks`. With `concurrency`: `celery -A worker worker -P prefork
         -c N` as docker-compose.yml ran it before. Waits until it answers a ping; it is the
         worker the cases talk to from then on."""
-        from worker.cli.supervise import default_processes, node_names
+        from worker.cli.supervise import node_names, process_count
+        from worker.settings import get_settings
 
         hostname = f"{name}-{self.run_id}@{socket.gethostname()}"
         if concurrency is None:
             argv = [sys.executable, "-m", "worker.cli", "worker", "-Q", QUEUE]
-            processes = int(os.environ.get("MCP_TOOLS_PROCESSES") or 0) or default_processes()
+            processes = process_count(get_settings())
             # More than one: the threads-pool processes `mcp-worker worker` supervises.
             nodes = node_names(hostname, processes) if processes > 1 else [hostname]
         else:

@@ -23,11 +23,11 @@ IN_FLIGHT = 200
 
 def production_in_flight() -> int:
     """How many calls the production tools worker holds at once: the direct client's count."""
-    from worker.cli.supervise import default_processes
+    from worker.cli.supervise import process_count
     from worker.settings import get_settings
 
     settings = get_settings()
-    return (settings.tools_processes or default_processes()) * settings.tools_concurrency
+    return process_count(settings) * settings.tools_concurrency
 
 
 def _calls(seconds: float, n: int) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from processes import broker_env, ping, spawn, wait_until
 from testenv import BROKER_URL, LOG_DIR, extra_redis_url
 
 from worker import mcp
+from worker.cli.supervise import node_names
 from worker.db.engine import session_scope
 from worker.execution import audit
 from worker.processes import children, free_port, gone, port_open
@@ -153,7 +154,7 @@ def _supervised(processes: int) -> tuple[Any, str, list[str], dict[str, str]]:
     name = f"sup-{uuid.uuid4().hex[:6]}"
     argv = [*CLI, "worker", "-Q", "mcp.tools", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
     proc = spawn(name, argv, env, LOG_DIR)
-    nodes = [f"{name}-{i}@{socket.gethostname()}" for i in range(1, processes + 1)]
+    nodes = node_names(f"{name}@{socket.gethostname()}", processes)
     for node in nodes:
         proc.wait_for(lambda node=node: ping(broker, node), START_TIMEOUT_S, f"{node} to answer")
     return proc, f"{name}@{socket.gethostname()}", nodes, env

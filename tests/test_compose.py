@@ -1,7 +1,7 @@
 """docker-compose.yml parses with the values of .env.example, refuses to run without the secrets,
 publishes Flower on loopback only and gives each worker time to finish its tasks when stopped.
-Needs the `docker-compose` command (no engine), except the benchmark test, which only reads the
-file."""
+Needs the `docker-compose` command (no engine): without it these tests fail, saying how to install
+it; they never skip."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ RUN_TIMEOUT_S = 60
 def compose() -> str:
     found = shutil.which("docker-compose")
     if found is None:
-        pytest.skip("the docker-compose command is not installed (Debian: apt-get install docker-compose)")
+        pytest.fail(
+            "the docker-compose command is not installed: the compose tests render docker-compose.yml with it "
+            "(Debian: apt-get install docker-compose; .ci/run installs it)"
+        )
     return found
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from testenv import _pg_url
+from stack import fresh_database
 
 from worker.db import schema
 from worker.db.models import Base
@@ -58,16 +57,8 @@ EXTRA_EXECUTION_COLUMNS = ["task_id", "tool_name", "attempts", "started_at", "fi
 @pytest.fixture
 def fresh_pg_url() -> Iterator[str]:
     """A new, empty Postgres database for this test alone."""
-    name = f"mcp_worker_fresh_{secrets.token_hex(4)}"
-    admin = sa.create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield _pg_url(name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("mcp_worker_fresh") as url:
+        yield url
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -301,13 +301,14 @@ def start_tools_worker(procs: Procs, name: str, env: Mapping[str, str], *extra: 
     """The production tools worker: `mcp-worker worker -Q mcp.tools` with no pool options (its
     defaults are the feature), plus `extra`; it answers once each of the threads-pool processes it
     supervises (`name-1@faults`, ...) does. The returned worker's hostname is the first one's."""
-    from worker.cli.supervise import default_processes
+    from worker.cli.supervise import node_names, process_count
+    from worker.settings import Settings
 
     argv = [str(Path(PYTHON).parent / "mcp-worker"), "worker", "-Q", "mcp.tools"]
-    count = int(env.get("MCP_TOOLS_PROCESSES") or 0) or default_processes()
-    base = f"{name}-{uuid.uuid4().hex[:6]}"
-    nodes = [f"{base}-{i}@faults" for i in range(1, count + 1)] if count > 1 else [f"{base}@faults"]
-    argv += ["--without-gossip", "--without-mingle", *extra, "-n", f"{base}@faults"]
+    count = process_count(Settings.from_env(env))
+    hostname = f"{name}-{uuid.uuid4().hex[:6]}@faults"
+    nodes = node_names(hostname, count) if count > 1 else [hostname]
+    argv += ["--without-gossip", "--without-mingle", *extra, "-n", hostname]
     return _started(procs, env, argv, nodes)
 
 

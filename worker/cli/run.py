@@ -103,14 +103,16 @@ def _worker(args: argparse.Namespace) -> int:
     queues = _option(extra, "-Q", "--queues")
     if queues is None:
         extra = ["-Q", ALL_QUEUES, *extra]
-    elif queues == names.TOOLS_QUEUE and _option(extra, "-P", "--pool") is None:
-        from worker.cli.supervise import default_processes, supervise
+    elif queues == names.TOOLS_QUEUE:
+        from worker.cli.supervise import process_count, supervise
         from worker.settings import get_settings
 
         settings = get_settings()
-        extra += tools_pool_defaults(extra, settings.tools_concurrency)
-        processes = settings.tools_processes or default_processes()
-        if processes > 1 and "--help" not in extra and "-h" not in extra:
+        defaults = tools_pool_defaults(extra, settings.tools_concurrency)
+        extra += defaults
+        processes = process_count(settings)
+        # Only with the production pool (no -P given) does it run one process per core.
+        if defaults and processes > 1 and "--help" not in extra and "-h" not in extra:
             return supervise(["--loglevel", "INFO", *extra], processes)
     return _exec_celery(["worker", "--loglevel", "INFO", *extra])
 

@@ -23,6 +23,7 @@ import time
 from types import FrameType
 
 from worker.processes import set_parent_death_signal
+from worker.settings import Settings
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 POLL_S = 0.2
@@ -34,6 +35,11 @@ def default_processes() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def process_count(settings: Settings) -> int:
+    """How many threads-pool processes the tools worker runs: MCP_TOOLS_PROCESSES, else one per core."""
+    return settings.tools_processes or default_processes()
 
 
 def node_names(given: str | None, count: int) -> list[str]:

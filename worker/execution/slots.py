@@ -127,6 +127,8 @@ _state_lock = threading.Lock()
 def slots_for(settings: Settings) -> Slots | None:
     """This process's slots on the broker's Redis; None with a broker that is not Redis."""
     url = settings.broker_url
+    if url in _state:  # every call asks: no lock once the process has its answer
+        return _state[url]
     with _state_lock:
         if url not in _state:
             if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
