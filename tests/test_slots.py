@@ -5,6 +5,7 @@ finds none waits a bounded time and is told to re-queue, and a bad `max_concurre
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -101,9 +102,45 @@ def test_a_call_that_finds_no_slot_waits_then_is_told_to_requeue(client: redis.R
         ):
             pass
         assert time.monotonic() - started >= 0.3
-        assert slots.REQUEUE_S[0] <= busy.value.retry_after <= slots.REQUEUE_S[1]
+        assert slots.REQUEUE_FIRST_S / 2 <= busy.value.retry_after <= slots.REQUEUE_FIRST_S
     with slots.held(limited, "second", settings):  # the first gave its slot back
         pass
+
+
+def test_no_more_threads_wait_for_a_service_than_it_has_slots(client: redis.Redis) -> None:
+    settings = Settings.from_env({"CELERY_BROKER_URL": BROKER_URL, "MCP_SLOT_WAIT_S": "5"})
+    limited = config(max_concurrency=1)
+    waiting = threading.Event()
+    outcome: list[BaseException] = []
+
+    def wait_for_the_slot() -> None:
+        waiting.set()
+        try:
+            with slots.held(limited, "waiter", settings):
+                pass
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with slots.held(limited, "holder", settings):
+        waiter = threading.Thread(target=wait_for_the_slot)
+        waiter.start()
+        waiting.wait(5)
+        time.sleep(0.2)  # the waiter is inside its wait now
+        started = time.monotonic()
+        # The one thread allowed to wait is waiting: this one tries once and is re-queued at once.
+        with pytest.raises(slots.SlotBusy), slots.held(limited, "third", settings):
+            pass
+        assert time.monotonic() - started < 5
+    waiter.join(10)
+    assert outcome == []  # the waiter got the slot once the holder gave it back
+
+
+def test_the_requeue_delay_doubles_up_to_its_cap() -> None:
+    for requeued in range(12):
+        ceiling = min(slots.REQUEUE_MAX_S, slots.REQUEUE_FIRST_S * 2**requeued)
+        delays = [slots.requeue_delay(requeued) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), (requeued, delays)
+    assert slots.requeue_delay(10_000) <= slots.REQUEUE_MAX_S
 
 
 def test_redis_down_lets_the_call_through(caplog: pytest.LogCaptureFixture) -> None:

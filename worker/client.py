@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker import names
+from worker import fairness, names
 from worker.settings import get_settings
 from worker.validation import validate_report_request, validate_tool_request
 
@@ -45,11 +45,15 @@ def submit_tool(
     user, desc, name, args = validate_tool_request(
         user_id, service, tool, arguments, max_argument_bytes=get_settings().max_argument_bytes
     )
-    return _app(app).send_task(
+    celery = _app(app)
+    # A user with many calls in flight yields to the others (`worker.fairness`).
+    priority = fairness.priority_for(user, str(celery.conf.broker_url))
+    return celery.send_task(
         names.EXECUTE_TOOL,
         kwargs={"user_id": user, "service": desc, "tool": name, "arguments": args},
         task_id=task_id,
         queue=names.TOOLS_QUEUE,
+        priority=priority,
     )
 
 

@@ -19,7 +19,7 @@ import worker.ops.logs  # noqa: F401  (connects the logging signals)
 from worker import names
 from worker.celery import app
 from worker.errors import ExecutionHeld, TransientError
-from worker.execution import leases
+from worker.execution import leases, slots
 from worker.execution.call import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, run_tool_call
 from worker.settings import get_settings
 
@@ -64,11 +64,22 @@ def _final_attempt(task: Task) -> bool:
     return int(task.request.retries or 0) >= int(task.max_retries or 0)
 
 
+# A message header: how many times the call was re-queued for want of a service slot.
+REQUEUED_HEADER = "mcp_requeued"
+
+
 def _defer(task: Task, held: ExecutionHeld) -> NoReturn:
-    """Another delivery's lease outlasts this one's time budget: run again when it runs out. Not a
-    failed attempt, so it does not count against max_retries (nor against a schedule)."""
-    logger.info("%s; deferring this delivery by %.1f s", held, held.retry_after)
-    task.signature_from_request(countdown=held.retry_after, retries=task.request.retries).apply_async()
+    """Another delivery's lease outlasts this one's time budget, or the service has no free slot:
+    run again later. Not a failed attempt, so it does not count against max_retries (nor against
+    a schedule). The message keeps its priority (`worker.fairness`)."""
+    headers = dict(task.request.headers or {})
+    delay = held.retry_after
+    if isinstance(held, slots.SlotBusy):
+        requeued = int(headers.get(REQUEUED_HEADER) or 0)
+        delay = slots.requeue_delay(requeued)
+        headers[REQUEUED_HEADER] = requeued + 1
+    logger.info("%s; deferring this delivery by %.1f s", held, delay)
+    task.signature_from_request(countdown=delay, retries=task.request.retries, headers=headers).apply_async()
     raise Ignore()
 
 

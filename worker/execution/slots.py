@@ -33,8 +33,11 @@ PREFIX = "mcp:slots:"
 # Waiting for a slot: first poll soon, then back off to this.
 POLL_MIN_S = 0.01
 POLL_MAX_S = 0.25
-# A call re-queued for want of a slot comes back after a jittered moment like this.
-REQUEUE_S = (0.5, 2.0)
+# A call re-queued for want of a slot comes back after a jittered delay that doubles with each
+# time it was re-queued, up to REQUEUE_MAX_S: a flood far beyond a service's limit waits in the
+# broker instead of cycling through the workers.
+REQUEUE_FIRST_S = 0.5
+REQUEUE_MAX_S = 30.0
 
 # KEYS[1] the set; ARGV token, limit, ttl seconds. 1 when the token holds a slot afterwards.
 _TAKE = """
@@ -63,7 +66,14 @@ return #KEYS
 
 class SlotBusy(ExecutionHeld):
     """Every slot of the service stayed taken for as long as a call may wait: re-queue the call
-    (not a failed attempt)."""
+    (not a failed attempt) after `requeue_delay` of the times it was re-queued before."""
+
+
+def requeue_delay(requeued: int) -> float:
+    """Seconds before a call that found no slot `requeued` times already runs again (full jitter
+    over the upper half, so re-queued calls do not come back in step)."""
+    ceiling = min(REQUEUE_MAX_S, REQUEUE_FIRST_S * 2 ** min(requeued, 16))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def key_of(config: ServiceConfig) -> str:
@@ -80,6 +90,8 @@ class Slots:
         self._take = client.register_script(_TAKE)
         self._renew = client.register_script(_RENEW)
         self._held: dict[tuple[str, str], int] = {}
+        # Threads of this process waiting for a slot, per service.
+        self._waiting: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -92,6 +104,22 @@ class Slots:
                 self._thread = threading.Thread(target=self._run, name="mcp-worker-slots", daemon=True)
                 self._thread.start()
         return True
+
+    @contextmanager
+    def waiting(self, key: str, limit: int) -> Iterator[bool]:
+        """Whether this thread may wait for one of the service's slots: at most `limit` threads of
+        a process wait for the same service (more could never all get a slot, and each one waiting
+        is a thread another user's call could run on); the others try once and are re-queued."""
+        with self._lock:
+            allowed = self._waiting.get(key, 0) < limit
+            if allowed:
+                self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            yield allowed
+        finally:
+            if allowed:
+                with self._lock:
+                    self._waiting[key] -= 1
 
     def release(self, key: str, token: str) -> None:
         with self._lock:
@@ -155,7 +183,9 @@ def held(config: ServiceConfig, token: str, settings: Settings) -> Iterator[None
     limit = max_concurrency_of(config, settings)
     key = key_of(config)
     try:
-        _wait_for_slot(slots, key, token, limit, settings.slot_wait_seconds, config.desc)
+        with slots.waiting(key, limit) as may_wait:
+            wait = settings.slot_wait_seconds if may_wait else 0.0
+            _wait_for_slot(slots, key, token, limit, wait, config.desc)
     except redis.RedisError as exc:
         # The broker's Redis is down, so no new work arrives either: let this call through rather
         # than fail it for want of a counter.
@@ -178,7 +208,7 @@ def _wait_for_slot(slots: Slots, key: str, token: str, limit: int, wait: float, 
         if left <= 0:
             raise SlotBusy(
                 f"service {desc!r} is at its limit of {limit} concurrent calls",
-                retry_after=random.uniform(*REQUEUE_S),
+                retry_after=requeue_delay(0),
             )
         time.sleep(min(pause, left))
         pause = min(pause * 2, POLL_MAX_S)
