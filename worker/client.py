@@ -1,7 +1,8 @@
 """The producer API: enqueue tool calls and reports by task name.
 
-Apps need only `celery` and the broker URL: tasks are sent by name with `send_task`, so nothing
-of the worker's code runs in the producer. The payload is checked here first (a malformed call is
+Apps need only `celery` and the broker URL: tasks are sent by name with `send_task`, so none of
+the worker's tasks run in the producer. `submit_tool` also counts the user's calls in Redis and
+sends a user's burst at lower priorities (`worker.fairness`); a bare `send_task` skips that. The payload is checked here first (a malformed call is
 refused before it reaches the queue) and carries no secrets: the worker resolves credentials.
 """
 
