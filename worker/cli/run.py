@@ -104,7 +104,7 @@ def _worker(args: argparse.Namespace) -> int:
     if queues is None:
         extra = ["-Q", ALL_QUEUES, *extra]
     elif queues == names.TOOLS_QUEUE:
-        from worker.cli.supervise import process_count, supervise
+        from worker.cli.supervise import exec_supervisor, process_count
         from worker.settings import get_settings
 
         settings = get_settings()
@@ -113,7 +113,7 @@ def _worker(args: argparse.Namespace) -> int:
         processes = process_count(settings)
         # Only with the production pool (no -P given) does it run one process per core.
         if defaults and processes > 1 and "--help" not in extra and "-h" not in extra:
-            return supervise(["--loglevel", "INFO", *extra], processes)
+            return exec_supervisor(["--loglevel", "INFO", *extra], processes)
     return _exec_celery(["worker", "--loglevel", "INFO", *extra])
 
 
