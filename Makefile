@@ -29,8 +29,13 @@ demo: $(BIN)/python ## install the project and run the whole flow on the embedde
 	$(BIN)/pip install -qq -e .
 	$(BIN)/mcp-worker demo
 
+# The suite runs in TEST_PROCESSES parallel processes (each with its own database and Redis
+# database), then the tests whose wall-time bound is the feature (marker `timed`) run alone.
+TEST_PROCESSES ?= 3
+
 test: $(STAMP) ## run the test suite (needs PostgreSQL, Redis and docker-compose; DATABASE_URL / REDIS_URL)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) -m "not timed"
+	$(BIN)/python -m pytest -m timed
 
 faults: $(STAMP) ## run only the fault-injection tests
 	$(BIN)/python -m pytest -m faults

@@ -25,7 +25,9 @@ from testenv import (
     TEST_DB_NAME,
     TEST_DB_URL,
     _pg_url,
+    redis_dbs_claimed,
     release_redis_db,
+    release_redis_dbs_since,
 )
 
 
@@ -78,6 +80,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     except Exception as exc:
         print(f"warning: could not drop {TEST_DB_NAME}: {exc}", file=sys.stderr)
     release_redis_db()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _give_back_further_redis_dbs() -> Iterator[None]:
+    """Redis has 16 databases and parallel runs share them: a module's further ones
+    (`testenv.extra_redis_url`) go back when the module ends."""
+    mark = redis_dbs_claimed()
+    yield
+    release_redis_dbs_since(mark)
 
 
 @pytest.fixture

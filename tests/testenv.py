@@ -72,6 +72,27 @@ def extra_redis_url() -> str:
     return f"{_redis_base()}/{_claim_free_db()}"
 
 
+def redis_dbs_claimed() -> int:
+    """How many Redis databases this run holds now (a mark for `release_redis_dbs_since`)."""
+    return len(_claimed)
+
+
+def release_redis_dbs_since(mark: int) -> None:
+    """Flush and give back the further databases claimed after `mark` (the end of a module: at
+    most a few are held at once, however many modules ask for one)."""
+    import redis
+
+    given, _claimed[mark:] = _claimed[mark:], []
+    try:
+        client = redis.Redis.from_url(f"{_redis_base()}/0", socket_connect_timeout=3)
+        for db in given:
+            redis.Redis.from_url(f"{_redis_base()}/{db}").flushdb()
+            if client.get(f"mcp-worker-test-db:{db}") == RUN_ID.encode():
+                client.delete(f"mcp-worker-test-db:{db}")
+    except redis.RedisError:
+        pass  # their leases run out on their own
+
+
 def release_redis_db() -> None:
     """Give the run's Redis databases back (called at the end of the session)."""
     import redis

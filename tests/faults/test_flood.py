@@ -151,6 +151,7 @@ BIG_FLOOD = 5000
 SLOW_CALL_S = 1.0
 
 
+@pytest.mark.timed
 def test_another_users_call_overtakes_a_5000_call_flood_on_the_production_worker(
     procs: Procs, redis_server: RedisServer, engine: sa.Engine
 ) -> None:

@@ -28,7 +28,7 @@ from processes import wait_until
 from worker.client import submit_tool
 from worker.settings import Settings
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.timed]
 
 DEFAULTS = Settings.from_env({})
 # How long the stopped worker's call takes on the server.
