@@ -171,14 +171,22 @@ def openai_fake() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def worker_proc(openai_fake: object) -> Iterator[object]:
-    """One real Celery worker (prefork, 2 processes) on the test Redis and Postgres."""
+    """The session's workers on the test Redis and Postgres, as production runs them: the
+    production tools worker (`mcp-worker worker -Q mcp.tools`: threads, one process per core) and
+    a prefork worker (2 processes) on the reports and schedule queues (`processes.SessionWorkers`)."""
     import redis
-    from processes import start_worker
+    from processes import SessionWorkers, start_tools_worker, start_worker
 
     redis.Redis.from_url(BROKER_URL).flushdb()
-    proc = start_worker(f"tests-{RUN_ID}", LOG_DIR)
-    yield proc
-    proc.stop()
+    tools = start_tools_worker(f"tests-tools-{RUN_ID}", LOG_DIR)
+    try:
+        reports = start_worker(f"tests-{RUN_ID}", LOG_DIR, queues="mcp.reports,mcp.schedule")
+    except BaseException:
+        tools.stop()
+        raise
+    workers = SessionWorkers(tools=tools, reports=reports)
+    yield workers
+    workers.stop()
 
 
 @pytest.fixture

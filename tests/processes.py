@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from worker.processes import Child, free_port, spawn, start_listening, wait_until
@@ -62,17 +63,17 @@ def broker_env(url: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def ping(broker: str, hostname: str, timeout: float = 0.5) -> bool:
-    """True when the worker `hostname` on `broker` answers a ping."""
+def ping(broker: str, *hostnames: str, timeout: float = 0.5) -> bool:
+    """True when every worker of `hostnames` on `broker` answers a ping."""
     from celery import Celery
 
     with broker_env(broker):
         app = Celery("ping")
         try:
-            replies = app.control.ping(destination=[hostname], timeout=timeout)
+            replies = app.control.ping(destination=list(hostnames), timeout=timeout)
         finally:
             app.close()
-    return any(hostname in reply for reply in replies or [])
+    return {name for reply in replies or [] for name in reply} >= set(hostnames)
 
 
 def start_worker(
@@ -113,20 +114,71 @@ def start_worker(
         "--without-mingle",
         *(extra or []),
     ]
+    return _answering(name, argv, env, log_dir, broker, [hostname])
+
+
+def start_tools_worker(
+    name: str, log_dir: Path, env: Mapping[str, str] | None = None, *, extra: list[str] | None = None
+) -> Proc:
+    """The production tools worker, `mcp-worker worker -Q mcp.tools` with no pool options (the
+    threads pool, one process per core); waits until each of its processes answers a ping. Its
+    name is the first process's node name."""
+    from worker.celery import app
+    from worker.cli.supervise import node_names, process_count
+    from worker.settings import Settings
+
+    environ = env or os.environ
+    broker = environ.get("CELERY_BROKER_URL") or app.conf.broker_url
+    hostname = f"{name}@{socket.gethostname()}"
+    count = process_count(Settings.from_env(environ))
+    nodes = node_names(hostname, count) if count > 1 else [hostname]
+    argv = [str(Path(sys.executable).parent / "mcp-worker"), "worker", "-Q", "mcp.tools", "-n", hostname]
+    argv += ["--without-gossip", "--without-mingle", *(extra or [])]
+    return _answering(name, argv, env, log_dir, broker, nodes)
+
+
+def _answering(
+    name: str, argv: list[str], env: Mapping[str, str] | None, log_dir: Path, broker: str, nodes: list[str]
+) -> Proc:
     proc = spawn(name, argv, env or os.environ, log_dir)
 
     def answered() -> bool:
         if not proc.alive():
             raise AssertionError(f"worker {name} exited early:\n{proc.log()[-4000:]}")
-        return ping(broker, hostname)
+        return ping(broker, *nodes)
 
     try:
-        wait_until(answered, START_TIMEOUT_S, f"worker {hostname} to answer a ping", interval=0.2)
+        wait_until(answered, START_TIMEOUT_S, f"worker {', '.join(nodes)} to answer a ping", interval=0.2)
     except BaseException:  # a timeout, a dead process or ^C: leave nothing running
         proc.kill_group()
         raise
-    proc.name = hostname
+    proc.name = nodes[0]
     return proc
+
+
+@dataclass
+class SessionWorkers:
+    """The session's workers as production runs them: the tools worker (threads, one process per
+    core) on `mcp.tools`, a prefork worker on the reports and schedule queues. `name` is the
+    prefork one's node; `log()` is both logs."""
+
+    tools: Proc
+    reports: Proc
+
+    @property
+    def name(self) -> str:
+        return self.reports.name
+
+    @property
+    def names(self) -> list[str]:
+        return [self.tools.name, self.reports.name]
+
+    def log(self) -> str:
+        return self.tools.log() + self.reports.log()
+
+    def stop(self) -> None:
+        self.tools.stop()
+        self.reports.stop()
 
 
 def start_flower(log_dir: Path, env: Mapping[str, str], auth: str) -> tuple[Proc, str]:

@@ -78,7 +78,11 @@ def test_rotation_and_reencryption(db_session: Session, secret_key: pytest.Monke
     assert resolve("crypt", "svc", db_session).api_key == SECRET
 
 
-@pytest.mark.parametrize(("key", "message"), [(None, "MCP_SECRET_KEY is not set"), (KEY_B, "wrong key")])
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [(None, "MCP_SECRET_KEY is not set"), (KEY_B, "wrong key")],
+    ids=["no-key", "wrong-key"],  # the key is random: parallel workers must collect the same ids
+)
 def test_an_encrypted_row_without_the_right_key_is_a_clear_error(
     db_session: Session, secret_key: pytest.MonkeyPatch, key: str | None, message: str
 ) -> None:

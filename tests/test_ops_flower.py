@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from processes import Proc, start_demo_server, start_flower, wait_until
+from processes import Proc, SessionWorkers, start_demo_server, start_flower, wait_until
 from testenv import LOG_DIR, RUN_ID
 
 from worker.db.engine import session_scope
@@ -100,16 +100,20 @@ def test_api_and_ui_require_credentials(flower: str) -> None:
         assert anonymous.get("/tasks").status_code == 401
 
 
-def test_workers_lists_the_running_worker(client: httpx2.Client, worker_proc: Proc) -> None:
+def test_workers_lists_the_running_workers(client: httpx2.Client, worker_proc: SessionWorkers) -> None:
     def listed() -> dict[str, Any] | None:
         response = client.get("/api/workers", params={"refresh": 1})
         assert response.status_code == 200, response.text
         workers = response.json()
-        return workers if worker_proc.name in workers else None
+        return workers if set(worker_proc.names) <= set(workers) else None
 
-    workers = wait_until(listed, WAIT_S, f"flower to list {worker_proc.name}", interval=0.5)
-    queues = {q["name"] for q in workers[worker_proc.name].get("active_queues", [])}
-    assert {"mcp.tools", "mcp.reports", "mcp.schedule"} <= queues
+    workers = wait_until(listed, WAIT_S, f"flower to list {worker_proc.names}", interval=0.5)
+
+    def queues_of(name: str) -> set[str]:
+        return {q["name"] for q in workers[name].get("active_queues", [])}
+
+    assert queues_of(worker_proc.tools.name) == {"mcp.tools"}
+    assert queues_of(worker_proc.reports.name) == {"mcp.reports", "mcp.schedule"}
 
 
 def test_a_task_submitted_over_http_runs_and_shows_no_secret(
