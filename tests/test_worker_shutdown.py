@@ -1,4 +1,5 @@
-"""A warm worker shutdown closes every pooled session and leaves no stdio server behind."""
+"""A warm worker shutdown closes every pooled session and leaves no stdio server behind: on
+prefork, and on the production tools worker (threads, one process per core, supervised)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from celery import Celery
-from processes import broker_env, start_worker, wait_until
+from processes import Proc, broker_env, start_tools_worker, start_worker, wait_until
 from testenv import LOG_DIR, RUN_ID, extra_redis_url
 
 from worker.client import submit_tool
@@ -34,7 +37,8 @@ def _row(task_id: str) -> dict[str, Any] | None:
         return audit.as_dict(row) if row is not None and row.status in ("success", "error") else None
 
 
-def test_no_stdio_server_survives_a_warm_shutdown() -> None:
+@pytest.mark.parametrize("start", [start_worker, start_tools_worker], ids=["prefork", "production-tools"])
+def test_no_stdio_server_survives_a_warm_shutdown(start: Callable[..., Proc]) -> None:
     url = extra_redis_url()
     env = {**os.environ, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
     user = f"shut-{uuid.uuid4().hex[:6]}"
@@ -49,7 +53,7 @@ def test_no_stdio_server_survives_a_warm_shutdown() -> None:
                 "url": f"{sys.executable} -m worker.demo.server --transport stdio",
             },
         )
-    worker = start_worker(f"shutdown-{RUN_ID}", LOG_DIR, env)
+    worker = start(f"shutdown-{RUN_ID}", LOG_DIR, env)
     try:
         with broker_env(url):
             app = Celery("producer")
