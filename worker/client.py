@@ -2,8 +2,9 @@
 
 Apps need only `celery` and the broker URL: tasks are sent by name with `send_task`, so none of
 the worker's tasks run in the producer. `submit_tool` also counts the user's calls in Redis and
-sends a user's burst at lower priorities (`worker.fairness`); a bare `send_task` skips that. The payload is checked here first (a malformed call is
-refused before it reaches the queue) and carries no secrets: the worker resolves credentials.
+sends the calls of a user with many waiting at lower priorities (`worker.fairness`); a bare
+`send_task` skips that. The payload is checked here first (a malformed call is refused before it
+reaches the queue) and carries no secrets: the worker resolves credentials.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def submit_tool(
         user_id, service, tool, arguments, max_argument_bytes=get_settings().max_argument_bytes
     )
     celery = _app(app)
-    # A user with many calls in flight yields to the others (`worker.fairness`).
+    # A user with many calls waiting yields to the others (`worker.fairness`).
     priority = fairness.priority_for(user, str(celery.conf.broker_url))
     return celery.send_task(
         names.EXECUTE_TOOL,
@@ -55,6 +56,7 @@ def submit_tool(
         task_id=task_id,
         queue=names.TOOLS_QUEUE,
         priority=priority,
+        headers={fairness.FAIR_HEADER: 1} if priority is not None else None,
     )
 
 

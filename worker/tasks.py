@@ -9,14 +9,15 @@ import logging
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore, WorkerLostError
+from celery.signals import task_postrun
 from celery.worker.request import Request
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 import worker.ops.lifecycle
 import worker.ops.logs  # noqa: F401  (connects the logging signals)
-from worker import names
+from worker import fairness, names
 from worker.celery import app
 from worker.errors import ExecutionHeld, TransientError
 from worker.execution import leases, slots
@@ -90,6 +91,20 @@ def _run(task: Task, work: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
     except ExecutionHeld as held:
         _defer(task, held)
     return outcome.summary()
+
+
+# A call's end (success or final failure; not a retry, nor a re-queue for a slot, which Celery
+# reports as RETRY and IGNORED) counts it off its user's calls waiting (`worker.fairness`).
+_ENDED = frozenset({states.SUCCESS, states.FAILURE})
+
+
+@task_postrun.connect
+def _count_off_ended_call(sender: Task | None = None, state: str | None = None, **_: Any) -> None:
+    if sender is None or sender.name != names.EXECUTE_TOOL or state not in _ENDED:
+        return
+    request = sender.request
+    if (request.headers or {}).get(fairness.FAIR_HEADER) and isinstance(request.kwargs, dict):
+        fairness.count_off(str(request.kwargs.get("user_id")), _settings.broker_url)
 
 
 @app.task(

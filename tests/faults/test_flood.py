@@ -36,7 +36,7 @@ from fault_helpers import (
 )
 from processes import wait_until
 
-from worker import mcp
+from worker import fairness, mcp
 from worker.client import submit_tool
 from worker.services.config import ServiceConfig
 from worker.settings import Settings
@@ -193,6 +193,10 @@ def test_another_users_call_overtakes_a_5000_call_flood_on_the_production_worker
         assert rows(engine, [bob_id])[bob_id]["status"] == "success", worker.tail()
     flood_done = by_status(rows(engine, flood_ids))
     assert flood_done["success"] < BIG_FLOOD // 10, flood_done  # the flood was far from done
+    with redis_server.client() as client:
+        # The worker counted off each of Bob's calls as it ended; the flood's still wait.
+        assert int(client.get(f"{fairness.PREFIX}{bob}") or 0) == 0
+        assert int(client.get(f"{fairness.PREFIX}{flooder}") or 0) > BIG_FLOOD // 2
     assert max(took) <= OTHER_USER_BOUND_S, (took, flood_done)
     assert (
         mcp.call_tool(probe, "concurrency", {}).result["max"] <= Settings.from_env({}).service_max_concurrency
