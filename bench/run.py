@@ -384,7 +384,8 @@ def _slow_rows(summary: dict[str, Any], sizes: Sizes, runs: int) -> list[str]:
                 f"{_num(summary[key])} calls/s | | |"
             )
     lines.append(
-        f"| 9. RSS of the whole tools worker, 200 calls in flight | streamable_http | 200 x {runs} | "
+        f"| 9. RSS of the whole tools worker (supervisor + worker processes), 200 calls in flight "
+        f"| streamable_http | 200 x {runs} | "
         f"{summary['rss/200 in flight']:.0f} MiB | | |"
     )
     return lines

@@ -13,7 +13,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from bench.cases import CpuProbe, Drained, _send, _wait_done, drain
 from bench.env import SLOW_SERVICE, USER, BenchEnv
-from bench.procs import Proc
+from bench.procs import Proc, children
 from worker.names import EXECUTE_TOOL
 from worker.processes import rss_bytes, wait_until
 
@@ -69,8 +69,10 @@ def direct(env: BenchEnv, seconds: float, n: int, in_flight: int | None = None) 
 
 
 def rss_in_flight(env: BenchEnv, worker: Proc, seconds: float = 2.0, n: int = IN_FLIGHT) -> float:
-    """MiB of RSS of the whole tools worker (every process it started) while the server runs `n`
-    of its `sleep(seconds)` calls at once."""
+    """MiB of RSS of the whole tools worker (the supervisor and every worker process) while the
+    server runs `n` of its `sleep(seconds)` calls at once. The stdio MCP servers that earlier
+    cases left open under the worker processes are not the worker's own memory, and are left out
+    (the README's Memory rows measure them per session)."""
     from worker import mcp
     from worker.services.config import ServiceConfig
 
@@ -83,6 +85,6 @@ def rss_in_flight(env: BenchEnv, worker: Proc, seconds: float = 2.0, n: int = IN
         return int(mcp.call_tool(probe, "concurrency", {}).result["in_flight"]) >= n
 
     wait_until(held, 60, f"{n} calls in flight on the server", interval=0.05)
-    rss = rss_bytes(worker.pid, tree=True) / 2**20
+    rss = sum(rss_bytes(pid) for pid in [worker.pid, *children(worker.pid)]) / 2**20
     _wait_done(env, ids, timeout=120)
     return rss
