@@ -198,6 +198,14 @@ COMMANDS: dict[str, Run | NotRun] = {
     "mcp-worker executions list --since 2026-11-01 --limit 100 --json": Run(expect="order-4711-weekly"),
     "mcp-worker executions show 17": Run(expect="fetch_weekly_report"),
     "mcp-worker executions show order-4711-weekly": Run(expect="fetch_weekly_report"),
+    "mcp-worker executions cancel order-4711-weekly": NotRun(
+        "needs a running call (the documented one has ended): tests/progress/test_cancel_worker.py runs it",
+        [sys.executable, "-m", "worker.cli", "executions", "cancel", "--help"],
+    ),
+    "mcp-worker executions respond order-4711-weekly --json answers.json": NotRun(
+        "needs a call waiting for input: tests/progress/test_respond_worker.py runs it",
+        [sys.executable, "-m", "worker.cli", "executions", "respond", "--help"],
+    ),
 }
 
 
@@ -299,6 +307,9 @@ def test_every_documented_command_is_in_the_table() -> None:
     assert set(COMMANDS) - found == set(), "these are no longer documented: drop them from COMMANDS"
 
 
+# A document's commands run one after another, `make lint` and the demo among them: minutes, more
+# when the suite's other processes share the cores.
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_documents_commands_run(stack: Stack, path: Path) -> None:
     failures = {}

@@ -125,7 +125,9 @@ TEST_ENV = {
     "CELERY_RESULT_BACKEND": BROKER_URL,
     "MCP_DATA_DIR": str(DATA_DIR),
     "DEVELOPMENT_MODE": "false",
-    "MCP_CONNECT_TIMEOUT": "5",
+    # The suite runs in parallel processes on few cores: a Python stdio server can take seconds
+    # to import the SDK and answer the handshake.
+    "MCP_CONNECT_TIMEOUT": "15",
     "MCP_CALL_TIMEOUT": "5",
     "MCP_TASK_SOFT_TIME_LIMIT": "30",
     "MCP_MAX_RETRIES": "2",

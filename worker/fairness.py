@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:  # imported when first used: `import worker.client` stays light for producers
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +59,20 @@ def _client(broker_url: str) -> redis.Redis | None:
         return _clients[broker_url]
     with _lock:
         if broker_url not in _clients:
-            is_redis = broker_url.split("://", 1)[0] in ("redis", "rediss", "unix")
-            _clients[broker_url] = (
-                redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
-                if is_redis
-                else None
-            )
+            _clients[broker_url] = None
+            if broker_url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+                import redis
+
+                _clients[broker_url] = redis.Redis.from_url(
+                    broker_url, socket_timeout=2, socket_connect_timeout=2
+                )
         return _clients[broker_url]
+
+
+def _redis_errors() -> type[Exception]:
+    import redis
+
+    return redis.RedisError
 
 
 def priority_of(count: int) -> int:
@@ -83,8 +92,10 @@ def priority_for(user_id: str, broker_url: str) -> int | None:
     key = f"{PREFIX}{user_id}"
     try:
         with client.pipeline(transaction=False) as pipe:
-            count, _ = pipe.incr(key).expire(key, FAIR_TTL_S).execute()
-    except redis.RedisError as exc:
+            pipe.incr(key)
+            pipe.expire(key, FAIR_TTL_S)
+            count, _ = pipe.execute()
+    except _redis_errors() as exc:
         logger.warning(
             "could not count the calls of user %r (%s); sending at the default priority", user_id, exc
         )
@@ -99,5 +110,5 @@ def count_off(user_id: str, broker_url: str) -> None:
         return
     try:
         client.eval(_COUNT_OFF, 1, f"{PREFIX}{user_id}")
-    except redis.RedisError as exc:
+    except _redis_errors() as exc:
         logger.warning("could not count off a call of user %r (%s)", user_id, exc)
