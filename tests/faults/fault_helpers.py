@@ -312,6 +312,29 @@ def start_tools_worker(procs: Procs, name: str, env: Mapping[str, str], *extra: 
     return _started(procs, env, argv, nodes)
 
 
+# The tools workers the fault tests run the same faults on: prefork (the reports worker's pool,
+# and the tools worker's before issue 14) and the production tools worker (threads, one process
+# per core under a supervisor).
+WORKER_KINDS = ("prefork", "production")
+
+
+def start_kind(kind: str, procs: Procs, name: str, env: Mapping[str, str], *, concurrency: int = 2) -> Worker:
+    """A tools worker of `kind` (WORKER_KINDS): prefork with `concurrency` processes, or production's."""
+    if kind == "production":
+        return start_tools_worker(procs, f"{name}-{kind}", env)
+    return start_worker(procs, f"{name}-{kind}", env, concurrency=concurrency)
+
+
+def signal_tree(worker: Worker, signum: int) -> None:
+    """Send `signum` to the worker's process and every process under it (a supervisor's workers
+    run in sessions of their own, so a process-group signal would miss them)."""
+    from worker.processes import children
+
+    for pid in [worker.pid, *children(worker.pid, recursive=True)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def _started(procs: Procs, env: Mapping[str, str], argv: list[str], nodes: list[str]) -> Worker:
     proc = procs.spawn(nodes[0].split("@")[0], argv, env)
     app = celery_app(env["CELERY_BROKER_URL"])

@@ -1,10 +1,10 @@
 """Recovery in seconds, on heartbeats: a stopped (hung) worker's call runs on another worker, and
 when the stopped one resumes it records nothing over the first outcome; a call that runs far
-longer than the visibility timeout is delivered once and runs once."""
+longer than the visibility timeout is delivered once and runs once. Each on prefork and on the
+production tools worker."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import time
@@ -12,13 +12,15 @@ import time
 import pytest
 import sqlalchemy as sa
 from fault_helpers import (
+    WORKER_KINDS,
     Procs,
     RedisServer,
     add_service,
     row_counts,
     rows,
+    signal_tree,
     start_counting_server,
-    start_worker,
+    start_kind,
     unique,
     wait_final,
     worker_env,
@@ -47,12 +49,13 @@ RESUME_TIMEOUT_S = 60.0
 SLOW_CALLS = {"MCP_CALL_TIMEOUT": 40, "MCP_TASK_SOFT_TIME_LIMIT": 120}
 
 
+@pytest.mark.parametrize("kind", WORKER_KINDS)
 def test_a_stopped_worker_hands_its_call_over_and_records_nothing_when_it_resumes(
-    procs: Procs, redis_server: RedisServer, engine: sa.Engine
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine, kind: str
 ) -> None:
     server = start_counting_server(procs)
     env = worker_env(redis_server.url(), **SLOW_CALLS)
-    first = start_worker(procs, "stopped", env)
+    first = start_kind(kind, procs, "stopped", env)
     user = unique("hung")
     add_service(engine, user, "slow", "streamable_http", server.url)
     task_id = unique("hung-call")
@@ -61,15 +64,15 @@ def test_a_stopped_worker_hands_its_call_over_and_records_nothing_when_it_resume
     )
     wait_until(lambda: server.calls()[task_id] == 1, 60, "the call to reach the server", interval=0.05)
 
-    os.killpg(first.pid, signal.SIGSTOP)
+    signal_tree(first, signal.SIGSTOP)
     try:
         stopped_at = time.monotonic()
-        second = start_worker(procs, "takes-over", env)
+        second = start_kind(kind, procs, "takes-over", env)
         row = wait_final(engine, [task_id], STOPPED_RECOVERY_S - (time.monotonic() - stopped_at), second.tail)
         assert row[task_id]["status"] == "success", row
         assert row[task_id]["attempts"] == 2 and server.calls()[task_id] == 2
     finally:
-        os.killpg(first.pid, signal.SIGCONT)
+        signal_tree(first, signal.SIGCONT)
 
     # The resumed worker finishes its copy of the call, and finds the row taken over.
     wait_until(
@@ -94,13 +97,14 @@ LONG_CALL_TIMEOUT_S = LONG_CALL_S + 60.0
 _RECEIVED = re.compile(r"Task mcp\.execute_tool\[(\S+)\] received")
 
 
+@pytest.mark.parametrize("kind", WORKER_KINDS)
 def test_a_call_three_times_the_visibility_timeout_is_delivered_once_and_runs_once(
-    procs: Procs, redis_server: RedisServer, engine: sa.Engine
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine, kind: str
 ) -> None:
     server = start_counting_server(procs)
     env = worker_env(redis_server.url(), **LONG_CALL)
     # Two workers: a message restored while the first still runs it would go to the second.
-    workers = [start_worker(procs, f"long-{n}", env) for n in range(2)]
+    workers = [start_kind(kind, procs, f"long-{n}", env) for n in range(2)]
     user = unique("long")
     add_service(engine, user, "slow", "streamable_http", server.url)
     task_id = unique("long-call")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 from fault_helpers import (
+    WORKER_KINDS,
     CountingServer,
     Procs,
     RedisServer,
@@ -24,7 +25,7 @@ from fault_helpers import (
     row_counts,
     rows,
     start_counting_server,
-    start_tools_worker,
+    start_kind,
     start_worker,
     tasks_logging,
     unique,
@@ -90,18 +91,6 @@ class Queued:
     task_ids: list[str]
 
 
-# The tools workers these tests kill and stop: prefork with CONCURRENCY processes (the reports
-# worker's pool, and the tools worker's before), and the production tools worker (threads, one
-# process per core under a supervisor, MCP_SERVICE_MAX_CONCURRENCY calls to the one service).
-KINDS = ("prefork", "production")
-
-
-def start_kind(kind: str, procs: Procs, name: str, env: dict[str, str]) -> Worker:
-    if kind == "production":
-        return start_tools_worker(procs, name, env)
-    return start_worker(procs, name, env, concurrency=CONCURRENCY)
-
-
 def queue_calls_and_wait_mid_call(
     procs: Procs, redis_server: RedisServer, engine: sa.Engine, name: str, kind: str
 ) -> Queued:
@@ -109,7 +98,7 @@ def queue_calls_and_wait_mid_call(
     have succeeded and at least CONCURRENCY calls are in progress on the server."""
     server = start_counting_server(procs)
     env = worker_env(redis_server.url())
-    first = start_kind(kind, procs, f"{name}-{kind}", env)
+    first = start_kind(kind, procs, name, env, concurrency=CONCURRENCY)
     user = unique(name)
     add_service(engine, user, "counted", "streamable_http", server.url)
 
@@ -135,7 +124,7 @@ def broker_state(redis_server: RedisServer) -> str:
         return f"queue {broker.llen('mcp.tools')}, unacked {broker.hlen('unacked')}, restore lock {lock}"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WORKER_KINDS)
 def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
     procs: Procs, redis_server: RedisServer, engine: sa.Engine, kind: str
 ) -> None:
@@ -149,7 +138,7 @@ def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
     done_at_kill = {t for t, r in at_kill.items() if r["status"] == "success"}
     assert in_flight and QUEUED // 4 <= len(done_at_kill) < QUEUED, by_status(at_kill)
 
-    second = start_kind(kind, procs, f"whole-kill-restarted-{kind}", env)
+    second = start_kind(kind, procs, "whole-kill-restarted", env, concurrency=CONCURRENCY)
 
     def explain() -> str:
         # The broker, the restarted worker's view, and whether the MCP server is still answering.
@@ -187,7 +176,7 @@ def test_a_killed_and_restarted_worker_finishes_every_queued_task_once(
 WARM_STOP_TIMEOUT_S = 30.0
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WORKER_KINDS)
 def test_a_worker_stopped_under_load_hands_back_what_it_took_and_nothing_runs_twice(
     procs: Procs, redis_server: RedisServer, engine: sa.Engine, kind: str
 ) -> None:
@@ -205,7 +194,7 @@ def test_a_worker_stopped_under_load_hands_back_what_it_took_and_nothing_runs_tw
     assert by_status(at_stop)["success"] >= QUEUED // 4, by_status(at_stop)
     assert by_status(at_stop)["success"] < QUEUED, by_status(at_stop)
 
-    second = start_kind(kind, procs, f"warm-stop-restarted-{kind}", env)
+    second = start_kind(kind, procs, "warm-stop-restarted", env, concurrency=CONCURRENCY)
 
     def explain() -> str:
         state = broker_state(redis_server)
