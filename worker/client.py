@@ -49,7 +49,9 @@ def submit_tool(
     )
     celery = _app(app)
     # A user with many calls waiting yields to the others (`worker.fairness`).
-    priority = fairness.priority_for(user, str(celery.conf.broker_url))
+    # Counted on the Redis the message goes to (the write URL when the app splits them).
+    broker = celery.conf.broker_write_url or celery.conf.broker_url
+    priority = fairness.priority_for(user, str(broker))
     return celery.send_task(
         names.EXECUTE_TOOL,
         kwargs={"user_id": user, "service": desc, "tool": name, "arguments": args},
