@@ -1,4 +1,5 @@
-"""`mcp-worker templates ...`, `mcp-worker report ...` and `mcp-worker reports list|show`."""
+"""`mcp-worker templates ...`, `mcp-worker report ...` and `mcp-worker reports
+list|show|deliveries|deliver`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -50,6 +52,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report.add_argument("--template")
     report.add_argument("--period", help="ISO week such as 2026-W47 (default: the last complete week)")
     report.add_argument("--refine", action="store_true", default=None, help="polish the report with OpenAI")
+    report.add_argument(
+        "--deliver",
+        action="store_true",
+        help="deliver it through the channels of the user's schedules of this service",
+    )
     report.add_argument("--wait", action="store_true", help="wait for the report and print it")
     report.add_argument("--timeout", type=float, default=300.0)
     report.set_defaults(handler=_report)
@@ -65,7 +72,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rshow = rcmds.add_parser("show", help="print one report")
     rshow.add_argument("report_id", type=int)
     rshow.add_argument("--json", action="store_true")
+    rshow.add_argument("--html", action="store_true", help="the report as sanitized HTML")
     rshow.set_defaults(handler=_reports_show)
+    rdel = rcmds.add_parser("deliveries", help="where a report was sent, and how it went")
+    rdel.add_argument("report_id", type=int)
+    rdel.add_argument("--json", action="store_true")
+    rdel.set_defaults(handler=_reports_deliveries)
+    resend = rcmds.add_parser("deliver", help="send a report's failed (or unsent) deliveries again")
+    resend.add_argument("report_id", type=int)
+    resend.set_defaults(handler=_reports_deliver)
 
 
 def _read(path: str) -> str:
@@ -135,7 +150,11 @@ def _tpl_preview(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from worker.reports.storage import report_for_task
 
-    result = submit_report(args.user_id, args.service, args.template, args.period, args.refine)
+    result = (
+        _submit_delivered(args)
+        if args.deliver
+        else submit_report(args.user_id, args.service, args.template, args.period, args.refine)
+    )
     if not args.wait:
         print_json({"task_id": result.id, "status": "queued"})
         return 0
@@ -159,6 +178,31 @@ def _report(args: argparse.Namespace) -> int:
     return 2
 
 
+def _submit_delivered(args: argparse.Namespace) -> Any:
+    """`report --deliver`: checked like `submit_report`, and refused when there is nowhere to send."""
+    from worker import names
+    from worker.celery import app
+    from worker.delivery.job import user_channels
+    from worker.settings import get_settings
+    from worker.validation import validate_report_request, validate_tool_request
+
+    user, desc, _, _ = validate_tool_request(
+        args.user_id, args.service, "report", {}, max_argument_bytes=get_settings().max_argument_bytes
+    )
+    validate_report_request(args.template, args.period, args.refine)
+    if not user_channels(user, desc):
+        raise InvalidArguments(
+            f"no schedule of {user!r}/{desc!r} has delivery channels "
+            "(add one with: mcp-worker schedules add USER SERVICE --email ADDR)"
+        )
+    kwargs = {"user_id": user, "service": desc, "template": args.template, "period": args.period}
+    return app.send_task(
+        names.GENERATE_REPORT,
+        kwargs={**kwargs, "refine": args.refine, "deliver": True},
+        queue=names.REPORTS_QUEUE,
+    )
+
+
 def _reports_list(args: argparse.Namespace) -> int:
     query = sa.select(McpReport).order_by(McpReport.created_at.desc(), McpReport.id.desc()).limit(args.limit)
     if args.user_id:
@@ -176,15 +220,77 @@ def _reports_list(args: argparse.Namespace) -> int:
 
 
 def _reports_show(args: argparse.Namespace) -> int:
+    from worker.delivery.job import subject_of
+    from worker.reports.html import report_page
     from worker.reports.storage import report_as_dict
 
     with session_scope() as session:
-        row = session.get(McpReport, args.report_id)
-        if row is None:
-            raise InvalidArguments(f"no report with id {args.report_id}")
+        row = _existing_report(session, args.report_id)
         data = report_as_dict(row)
+        page = report_page(row.content, subject_of(row)) if args.html else None
     if args.json:
         print_json(data)
+    elif page is not None:
+        print(page, end="")
     else:
         print(data["content"])
+    return 0
+
+
+def _existing_report(session: sa.orm.Session, report_id: int) -> McpReport:
+    row = session.get(McpReport, report_id)
+    if row is None:
+        raise InvalidArguments(f"no report with id {report_id}")
+    return row
+
+
+def _reports_deliveries(args: argparse.Namespace) -> int:
+    from worker.delivery.log import deliveries_of
+
+    with session_scope() as session:
+        _existing_report(session, args.report_id)
+        rows = deliveries_of(session, args.report_id)
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        ("id", "channel", "target", "status", "attempts", "code", "delivered", "last error"),
+        [
+            (
+                r["id"],
+                r["channel"],
+                r["target"],
+                r["status"],
+                r["attempts"],
+                r["response_code"],
+                r["delivered_at"],
+                r["last_error"] or "",
+            )
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _reports_deliver(args: argparse.Namespace) -> int:
+    from worker.db.models import McpReportDelivery
+    from worker.delivery.job import enqueue
+    from worker.delivery.log import Status, reopen_failed
+
+    with session_scope() as session:
+        _existing_report(session, args.report_id)
+        reopened = reopen_failed(session, args.report_id)
+        pending = session.scalars(
+            sa.select(McpReportDelivery.id).where(
+                McpReportDelivery.report_id == args.report_id,
+                McpReportDelivery.status == Status.PENDING.value,
+            )
+        ).all()
+    ids = sorted(set(reopened) | set(pending))
+    if not ids:
+        print(f"report {args.report_id}: nothing to send again (no failed or unsent deliveries)")
+        return 0
+    print_json(
+        {"report_id": args.report_id, "queued": [{"delivery_id": i, "task_id": enqueue(i)} for i in ids]}
+    )
     return 0

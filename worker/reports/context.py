@@ -4,7 +4,8 @@ The data tool (`fetch_weekly_report`) answers `{project: {id, name}, week, work_
 `build_context` keeps every key it was given, normalizes the work packages (missing fields become
 None, a status or assignee given as an object is reduced to its name) and adds derived values:
 `period`, `week`, `week_start`, `week_end`, `overdue_cutoff`, `totals_by_status`, `total`,
-`overdue`, `unassigned`, `open_count`, `done_count` and `generated_at`.
+`overdue`, `unassigned`, `open_count`, `done_count`, `generated_at` and `changes` (what changed
+since the previous report, `worker.reports.changes`; None when there is none).
 
 Overdue is decided from the report's ISO week, never from the wall clock: a work package is
 overdue when its due date is before `overdue_cutoff` (the Monday after the week, or `today` when
@@ -47,24 +48,13 @@ def iso_week_bounds(period: str) -> tuple[date, date]:
     return monday, monday + timedelta(days=6)
 
 
-def build_context(
-    data: Mapping[str, Any],
-    period: str,
-    *,
-    today: date | None = None,
-    generated_at: datetime | None = None,
-) -> dict[str, Any]:
-    """The template context for one report: the data tool's output plus derived values.
-
-    `today` (optional) moves the overdue cutoff earlier than the end of the week, so items due
-    later in the week in progress are not called overdue. `generated_at` defaults to now (UTC).
+def normalized_work_packages(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The data tool output's work packages, normalized (see the module docstring).
 
     Raises:
-        InvalidArguments: `period` is not an ISO week like `2026-W47`.
         TemplateError: `data` is not an object, `work_packages` is not a list, or an item of it is
-            not an object; the report cannot be rendered from such data.
+            not an object.
     """
-    week_start, week_end = iso_week_bounds(period)
     if not isinstance(data, Mapping):
         raise TemplateError(f"report data must be a JSON object, got {type(data).__name__}")
     raw_items = data.get("work_packages")
@@ -72,7 +62,30 @@ def build_context(
         raw_items = []
     if not isinstance(raw_items, list):
         raise TemplateError(f"report data: work_packages must be a list, got {type(raw_items).__name__}")
-    work_packages = [_work_package(index, item) for index, item in enumerate(raw_items)]
+    return [_work_package(index, item) for index, item in enumerate(raw_items)]
+
+
+def build_context(
+    data: Mapping[str, Any],
+    period: str,
+    *,
+    today: date | None = None,
+    generated_at: datetime | None = None,
+    changes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The template context for one report: the data tool's output plus derived values.
+
+    `today` (optional) moves the overdue cutoff earlier than the end of the week, so items due
+    later in the week in progress are not called overdue. `generated_at` defaults to now (UTC).
+    `changes` is the week-over-week diff, given by the report job.
+
+    Raises:
+        InvalidArguments: `period` is not an ISO week like `2026-W47`.
+        TemplateError: `data` is not an object, `work_packages` is not a list, or an item of it is
+            not an object; the report cannot be rendered from such data.
+    """
+    week_start, week_end = iso_week_bounds(period)
+    work_packages = normalized_work_packages(data)
 
     cutoff = week_end + timedelta(days=1)
     if today is not None and today < cutoff:
@@ -99,6 +112,8 @@ def build_context(
         "overdue": overdue,
         "unassigned": [wp for wp in work_packages if wp["assignee"] is None],
         "generated_at": stamp.strftime("%Y-%m-%d %H:%M UTC"),
+        # what changed since the previous report (worker.reports.changes), None without one
+        "changes": dict(changes) if changes is not None else None,
     }
 
 

@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.db.engine import session_scope
+from worker.delivery.job import channels_for, schedule_deliveries, user_channels
 from worker.errors import ExecutionHeld, InvalidArguments, WorkerError
 from worker.execution.call import CallResult, record_failure, run_tool_call
 from worker.redaction import redact
+from worker.reports.changes import previous_changes
 from worker.reports.refine import RefineOutcome, refine_report, required_facts
 from worker.reports.render import RenderResult, build_context, render_template
 from worker.reports.storage import insert_report, load_template, report_for_task
@@ -66,10 +68,13 @@ def generate_report(
     period: object = None,
     refine: object = None,
     schedule_id: int | None = None,
+    deliver: object = None,
     final_attempt: bool,
     settings: Settings | None = None,
 ) -> ReportResult:
-    """Fetch the data, render, refine and store the report for this task id (once).
+    """Fetch the data, render, refine and store the report for this task id (once), then queue
+    its deliveries: through the schedule's channels, or (`deliver`, a one-off report) through
+    those of the user's schedules of this service.
 
     A scheduled report's final outcome is counted on its schedule (failures in a row disable it).
 
@@ -79,6 +84,8 @@ def generate_report(
         TransientError: the data call may succeed later; the task retries it.
     """
     settings = settings or get_settings()
+    if deliver is not None and not isinstance(deliver, bool):
+        raise InvalidArguments(f"deliver must be true or false, got {type(deliver).__name__}")
     try:
         result = _generate(
             task_id,
@@ -95,7 +102,21 @@ def generate_report(
         raise
     if schedule_id is not None and result.created:
         record_outcome(schedule_id, None)
+    _queue_deliveries(result.report_id, schedule_id, deliver, user_id, service)
     return result
+
+
+def _queue_deliveries(
+    report_id: int, schedule_id: int | None, deliver: object, user_id: object, service: object
+) -> None:
+    """The report's deliveries, logged and queued after its row is committed (again on a retried
+    task: rows already logged are kept, and a row already sent is not sent again)."""
+    sources = [schedule_id] if schedule_id is not None else []
+    if deliver and schedule_id is None:
+        sources = user_channels(str(user_id), str(service))
+    items = channels_for(sources)
+    if items:
+        schedule_deliveries(report_id, items)
 
 
 def _plan(user: str, desc: str, refine_flag: bool | None) -> tuple[str, bool]:
@@ -111,10 +132,11 @@ def _plan(user: str, desc: str, refine_flag: bool | None) -> tuple[str, bool]:
 
 
 def _render(
-    task_id: str, name: str, call: CallResult, data_tool: str, period: str
+    task_id: str, request: ReportRequest, name: str, call: CallResult, data_tool: str, period: str
 ) -> tuple[RenderResult, dict[str, Any]]:
     """The template `name` rendered over the data call's result; a failure is recorded on the
     execution row (whose data call succeeded) as final."""
+    user, desc = request.user, request.service
     try:
         with session_scope() as session:
             source = load_template(session, name)
@@ -123,6 +145,15 @@ def _render(
                 f"data tool {data_tool!r} returned {type(call.result).__name__}, not an object with work_packages"
             )
         context = build_context(call.result, period)
+        with session_scope() as session:
+            context["changes"] = previous_changes(
+                session,
+                user=user,
+                service=desc,
+                template=name,
+                period=period,
+                current=context["work_packages"],
+            )
         return render_template(name, source.content, context), context
     except WorkerError as exc:
         message = redact(f"{type(exc).__name__}: {exc}")
@@ -174,7 +205,7 @@ def _generate(
         settings=settings,
     )
     name = request.template or DEFAULT_TEMPLATE
-    rendered, context = _render(task_id, name, call, data_tool, period_name)
+    rendered, context = _render(task_id, request, name, call, data_tool, period_name)
     outcome = _refine(rendered.text, context, wanted, settings)
     report_id = _store(task_id, user, desc, name, period_name, rendered, outcome, call, schedule_id)
     logger.info(

@@ -10,7 +10,7 @@ constraint on `mcp_reports` make any double dispatch produce one report.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from worker import names
 from worker.db.engine import session_scope
 from worker.db.models import McpReportSchedule
+from worker.delivery.channels import Channel, stored
 from worker.errors import InvalidArguments, WorkerError
 from worker.scheduling.cron import (
     DEFAULT_CRON,
@@ -66,9 +67,11 @@ def add_schedule(
     cron: str = DEFAULT_CRON,
     timezone: str = DEFAULT_TIMEZONE,
     refine: bool = False,
+    channels: Sequence[Channel] = (),
     now: datetime | None = None,
 ) -> McpReportSchedule:
-    """Validate and store a schedule.
+    """Validate and store a schedule, with the channels its reports are delivered through
+    (checked when built: `worker.delivery.channels`; stored with their secrets encrypted).
 
     Raises:
         InvalidArguments: the cron expression, time zone or a field does not parse; nothing is stored.
@@ -90,6 +93,7 @@ def add_schedule(
         cron=spec.expr,
         timezone=timezone,
         refine=refine,
+        channels=stored(channels) or None,
         enabled=True,
         created_at=now,
         next_run_at=next_slot(spec.expr, timezone, now),

@@ -1,0 +1,1 @@
+"""Report delivery: email, Slack and signed webhooks, one delivery log row per report and channel."""
