@@ -226,7 +226,11 @@ def _load_sample_data(database_url: str, demo_http: str, demo_sse: str, stdio: s
                 "enterprise_reports": demo_sse,
                 "project_management": stdio,
             }
-            load_sample_data(session, {desc: {"url": url} for desc, url in urls.items()})
+            overrides: dict[str, dict[str, object]] = {desc: {"url": url} for desc, url in urls.items()}
+            # No OAuth authorization server here: the oauth sample row sends the sample key the
+            # SSE stand-in requires (tests/oauth shows the row working once its client is set).
+            overrides["enterprise_reports"]["auth"] = {"type": "api_key"}
+            load_sample_data(session, overrides)
             # docs/OPERATIONS.md submits alice's project_management service.
             alice = {"user_id": "alice", "desc": "project_management", "interaction_mode": "http"}
             save_service(

@@ -1,8 +1,10 @@
 """`mcp-worker services add|list|show|remove|check`.
 
 The api key is never taken as a plain command-line value (it would show in `ps` and shell
-history): it comes from an environment variable, a file, stdin, or the JSON document. Output
-shows only a masked form.
+history): it comes from an environment variable, a file, stdin, or the JSON document. So do an
+OAuth client's secret and private key (`--client-secret-file`, `--client-secret-env`,
+`--private-key-file`); `--auth` on the command line may not carry them. Output shows only a
+masked form.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     key = add.add_mutually_exclusive_group()
     key.add_argument("--api-key-env", metavar="VAR", help="read the api key from this environment variable")
     key.add_argument("--api-key-file", metavar="FILE", help="read the api key from this file ('-' for stdin)")
+    oauth = add.add_mutually_exclusive_group()
+    oauth.add_argument(
+        "--client-secret-file", metavar="FILE", help="an OAuth client's secret from this file ('-' for stdin)"
+    )
+    oauth.add_argument(
+        "--client-secret-env", metavar="VAR", help="an OAuth client's secret from this variable"
+    )
+    oauth.add_argument(
+        "--private-key-file",
+        metavar="FILE",
+        help="an OAuth client's PEM private key (private_key_jwt) from this file ('-' for stdin)",
+    )
     add.add_argument("--params", help="default tool arguments, a JSON object")
     add.add_argument(
         "--auth", help='how to authenticate, a JSON object, e.g. {"type": "api_key", "header": "X-API-Key"}'
@@ -69,16 +83,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check.set_defaults(handler=_check)
 
 
-def _read_key(args: argparse.Namespace) -> str | None:
-    if args.api_key_env:
-        value = os.environ.get(args.api_key_env)
+def _read_secret(env: str | None, file: str | None) -> str | None:
+    if env:
+        value = os.environ.get(env)
         if value is None:
-            raise InvalidService(f"environment variable {args.api_key_env} is not set")
+            raise InvalidService(f"environment variable {env} is not set")
         return value
-    if args.api_key_file:
-        text = sys.stdin.read() if args.api_key_file == "-" else Path(args.api_key_file).read_text()
+    if file:
+        try:
+            text = sys.stdin.read() if file == "-" else Path(file).read_text()
+        except OSError as exc:
+            raise InvalidService(f"cannot read {file}: {exc.strerror}") from None
         return text.strip()
     return None
+
+
+def _read_key(args: argparse.Namespace) -> str | None:
+    return _read_secret(args.api_key_env, args.api_key_file)
+
+
+def _one_stdin(args: argparse.Namespace) -> None:
+    readers = (args.json, args.api_key_file, args.client_secret_file, args.private_key_file)
+    if sum(1 for source in readers if source == "-") > 1:
+        raise InvalidService(
+            "only one of --json, --api-key-file, --client-secret-file, --private-key-file can be '-'"
+        )
+
+
+def _add_oauth_secret(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """The OAuth client secret or private key from its file or variable, into `auth`."""
+    secret = _read_secret(args.client_secret_env, args.client_secret_file)
+    key = _read_secret(None, args.private_key_file)
+    if secret is None and key is None:
+        return
+    auth = record.get("auth")
+    if not isinstance(auth, dict) or auth.get("type") != "oauth":
+        raise InvalidService(
+            '--client-secret-* and --private-key-file need --auth \'{"type": "oauth", ...}\''
+        )
+    if secret is not None:
+        auth["client_secret"] = secret
+    if key is not None:
+        auth["private_key"] = key + "\n"  # PEM ends with a newline
 
 
 def _json_option(raw: str | None, name: str) -> Any:
@@ -91,6 +137,7 @@ def _json_option(raw: str | None, name: str) -> Any:
 
 
 def _add(args: argparse.Namespace) -> int:
+    _one_stdin(args)
     record: dict[str, Any] = {}
     if args.json:
         text = sys.stdin.read() if args.json == "-" else Path(args.json).read_text()
@@ -107,6 +154,14 @@ def _add(args: argparse.Namespace) -> int:
         value = _json_option(getattr(args, field), field)
         if value is not None:
             record[field] = value
+    if isinstance(record.get("auth"), dict) and args.auth is not None:
+        on_argv = sorted({"client_secret", "private_key"} & set(record["auth"]))
+        if on_argv:
+            raise InvalidService(
+                f"--auth may not carry {', '.join(on_argv)} (it would show in ps and shell history); "
+                "use --client-secret-file, --client-secret-env or --private-key-file"
+            )
+    _add_oauth_secret(args, record)
     key = _read_key(args)
     if key is not None:
         record["api_key"] = key

@@ -138,11 +138,16 @@ def _point_samples_at_demo_servers(http_port: int, sse_port: int) -> None:
         "project_management": STDIO_COMMAND,
         "enterprise_reports": f"http://127.0.0.1:{sse_port}/sse",
     }
+    # The demo runs no OAuth authorization server: its copy of the seed's oauth sample row sends
+    # the sample's api key, which the SSE stand-in requires (a real one needs its client set,
+    # README "OAuth client credentials").
+    overrides: dict[str, dict[str, Any]] = {desc: {"url": url} for desc, url in urls.items()}
+    overrides["enterprise_reports"]["auth"] = {"type": "api_key"}
     with session_scope() as session:
-        load_sample_data(session, {desc: {"url": url} for desc, url in urls.items()})
+        load_sample_data(session, overrides)
         # A second run gets new ports: move the sample rows to them (nothing else changes).
         for sample in SAMPLE_SERVICES:
-            save_service(session, {**sample, "url": urls[sample["desc"]]})
+            save_service(session, {**sample, **overrides[sample["desc"]]})
 
 
 DEMO_CALLS = (

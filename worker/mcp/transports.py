@@ -7,6 +7,9 @@ an `mcp.Client`. A `Probe` records what the SDK does not report, so errors can b
 the last HTTP error status, output that was not JSON-RPC, the tail of a stdio child's stderr.
 
 Credentials travel as headers (HTTP) or environment variables (stdio), never on a command line.
+An `oauth` service's requests carry a bearer token from `worker.oauth` instead of its api key:
+the transport gets one before it connects (so a refused client fails the session's opening with
+its own message) and sends every request through `OAuthBearer`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE, streamable_http_client
 from mcp_types import Implementation
 
+from worker.errors import WorkerError
+from worker.oauth.settings import oauth_client
 from worker.services.config import ServiceConfig, Timeouts, stdio_command, timeouts_for
 from worker.settings import Settings
 
@@ -81,6 +86,10 @@ class Probe:
         if response.status_code >= 400:
             self.http_status = response.status_code
 
+    def record_auth_failure(self, error: WorkerError) -> None:
+        """Keep why no OAuth token could be had mid-session: the error the session's calls report."""
+        self.transport_error = error
+
     def mark_spawned(self) -> None:
         self.spawned = True
         if self.on_spawn is not None:
@@ -103,13 +112,32 @@ def stdio_environment(config: ServiceConfig) -> dict[str, str]:
 
 
 def auth_headers(config: ServiceConfig) -> dict[str, str]:
-    """`Authorization: Bearer <key>`, or the key in the header `auth.header` names; none for type none."""
-    if config.auth_type == "none" or not config.api_key:
+    """`Authorization: Bearer <key>`, or the key in the header `auth.header` names; none for type
+    none, and none for oauth (its token comes from `oauth_auth`, never the api key)."""
+    if config.auth_type in ("none", "oauth") or not config.api_key:
         return {}
     header = str(config.auth.get("header") or "Authorization")
     if header.lower() == "authorization":
         return {"Authorization": f"Bearer {config.api_key}"}
     return {header: config.api_key}
+
+
+async def oauth_auth(config: ServiceConfig, timeouts: Timeouts, probe: Probe) -> httpx2.Auth | None:
+    """For an `oauth` service, the `httpx2.Auth` its requests go through, holding a token already.
+
+    Raises:
+        AuthenticationFailed, InvalidService: the client is refused or not configured.
+        ServerUnavailable, ServerError: the authorization server could not be asked (transient).
+    """
+    if config.auth_type != "oauth":
+        return None
+    # Imported here: the token store needs the database, which the runtime loads only for OAuth.
+    from worker.oauth.auth import OAuthBearer
+    from worker.oauth.tokens import TokenSource
+
+    source = TokenSource(oauth_client(config), timeouts.connect)
+    await source.token()
+    return OAuthBearer(source, probe.record_auth_failure)
 
 
 def _http_timeout(timeouts: Timeouts, read: float) -> httpx2.Timeout:
@@ -203,9 +231,11 @@ async def sse_transport(
     """Connect to a (legacy) HTTP+SSE server: a GET event stream plus POSTed messages."""
     timeouts = timeouts_for(config, settings)
     assert config.url is not None
+    auth = await oauth_auth(config, timeouts, probe)
     async with sse_client(
         config.url,
         headers=auth_headers(config),
+        auth=auth,
         timeout=timeouts.connect,
         sse_read_timeout=max(SSE_IDLE_READ_TIMEOUT, timeouts.call + HTTP_READ_SLACK),
         httpx_client_factory=_client_factory(probe, settings),
@@ -221,7 +251,9 @@ async def streamable_http_transport(
     timeouts = timeouts_for(config, settings)
     assert config.url is not None
     http = _client_factory(probe, settings)(
-        headers=auth_headers(config), timeout=_http_timeout(timeouts, timeouts.call + HTTP_READ_SLACK)
+        headers=auth_headers(config),
+        timeout=_http_timeout(timeouts, timeouts.call + HTTP_READ_SLACK),
+        auth=await oauth_auth(config, timeouts, probe),
     )
     async with http:
         max_event = max(MAX_SSE_EVENT_FLOOR, 2 * settings.max_result_bytes)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from worker.errors import CommandNotAllowed, InvalidService, ServiceNotFound
+from worker.oauth.settings import check_oauth, key_fragments
 from worker.settings import CALL_MARGIN_S, Settings, get_settings
 from worker.validation import DESC_MAX, USER_ID_MAX
 
@@ -37,6 +38,8 @@ MODE_ALIASES: dict[str, Mode] = {
     "http": "streamable_http",
 }
 AUTH_TYPES = frozenset({"none", "api_key", "bearer", "oauth"})
+# Keys of `auth` whose values are secrets: encrypted at rest, masked in output, redacted in text.
+SECRET_AUTH_KEYS = ("value", "token", "password", "client_secret", "private_key")
 
 # Keys of `params` that configure the worker rather than the tool; they never reach the server.
 RESERVED_PARAMS = frozenset({"connect_timeout", "call_timeout", "max_concurrency", "report_tool", "refine"})
@@ -90,10 +93,10 @@ class ServiceConfig:
         return {k: v for k, v in self.params.items() if k not in RESERVED_PARAMS}
 
     def secrets(self) -> list[str]:
-        """Every secret value this record carries (for redaction)."""
+        """Every secret value this record carries (for redaction), a private key's lines included."""
         found = [self.api_key] if self.api_key else []
-        found += [str(v) for k, v in self.auth.items() if k in ("value", "token", "password") and v]
-        return found
+        found += [str(v) for k, v in self.auth.items() if k in SECRET_AUTH_KEYS and v]
+        return found + key_fragments(self.auth)
 
     def credential_hash(self) -> str:
         """A digest of the credentials, so pooled sessions are never shared across keys."""
@@ -102,10 +105,7 @@ class ServiceConfig:
 
     def public_dict(self) -> dict[str, Any]:
         """The record as safe to print: api key masked, auth secrets masked."""
-        auth = {
-            k: (mask_secret(str(v)) if k in ("value", "token", "password") else v)
-            for k, v in self.auth.items()
-        }
+        auth = {k: (mask_secret(str(v)) if k in SECRET_AUTH_KEYS else v) for k, v in self.auth.items()}
         return {
             "id": self.id,
             "user_id": self.user_id,
@@ -271,6 +271,8 @@ class ServiceRecord(BaseModel):
             isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env_map.items()
         ):
             raise ValueError("auth.env must map environment variable names to strings")
+        if auth_type == "oauth":
+            check_oauth(auth)
         return auth
 
     @model_validator(mode="after")
@@ -291,6 +293,8 @@ class ServiceRecord(BaseModel):
                 f"task's soft time limit (MCP_TASK_SOFT_TIME_LIMIT={settings.task_soft_time_limit} s) minus "
                 f"{CALL_MARGIN_S:.0f} s"
             )
+        if self.interaction_mode == "stdio" and self.auth.get("type") == "oauth":
+            raise ValueError("auth type 'oauth' needs an HTTP transport (sse or streamable_http), not stdio")
         if self.interaction_mode == "stdio":
             if self.url is not None:
                 try:
@@ -302,7 +306,7 @@ class ServiceRecord(BaseModel):
         elif self.url is None:
             raise ValueError(f"an {self.interaction_mode} service needs a url")
         else:
-            _check_http_url(self.url, settings)
+            check_http_url(self.url, settings)
         return self
 
 
@@ -310,7 +314,8 @@ class ServiceRecord(BaseModel):
 _UNPREFIXED = "\x00"
 
 
-def _check_http_url(url: str, settings: Settings) -> None:
+def check_http_url(url: str, settings: Settings) -> None:
+    """Refuse (ValueError) a URL that is not http(s) with a host, or whose host MCP_ALLOWED_HOSTS omits."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"url {url!r} must be an http(s) URL with a host")

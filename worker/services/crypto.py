@@ -17,11 +17,11 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from worker.errors import ConfigurationError, InvalidService
+from worker.services.config import SECRET_AUTH_KEYS
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "fernet:"
-SECRET_AUTH_KEYS = ("value", "token", "password")
 
 
 @lru_cache(maxsize=4)

@@ -103,12 +103,18 @@ def save_service(session: Session, record: Mapping[str, Any], *, check_command: 
     skips that for documentation rows such as the seed's samples (the call still refuses it).
 
     Raises:
-        InvalidService: the record does not validate; nothing is written.
+        InvalidService: the record does not validate (an OAuth private key that does not parse
+            included); nothing is written.
         CommandNotAllowed: a stdio command outside MCP_STDIO_ALLOWED_COMMANDS; nothing is written.
     """
     config = validate_record(record)
     if config.mode == "stdio" and check_command:
         stdio_command(config, get_settings())
+    private_key = config.auth.get("private_key") if config.auth_type == "oauth" else None
+    if private_key:
+        from worker.oauth.discovery import check_private_key
+
+        check_private_key(private_key)
     row = session.scalars(
         sa.select(McpService).where(McpService.user_id == config.user_id, McpService.desc == config.desc)
     ).one_or_none()
