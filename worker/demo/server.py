@@ -3,8 +3,10 @@
     python -m worker.demo.server --transport streamable-http --port 0 [--token T] [--test-tools]
 
 Tools: `fetch_weekly_report`, `list_projects`, `echo`, `whoami`; with `--test-tools` (or
-`MCP_DEMO_TEST_TOOLS=1`) also `sleep`, `fail`, `big_result`, `crash` and `env_digest`, which exist to
-inject faults and must never be enabled on a server anyone else can reach.
+`MCP_DEMO_TEST_TOOLS=1`) also `sleep`, `concurrency`, `fail`, `big_result`, `crash`, `env_digest`,
+`count_up` (progress), `confirm_delete` (asks for input) and `mismatched_output` (a result that
+breaks its own outputSchema), which
+exist to inject faults and must never be enabled on a server anyone else can reach.
 
 The data lives in `worker/demo/data/demo_projects.json`. Due dates are stored as offsets from the Monday
 of the requested ISO week, so every week shows the same mix of overdue, due and future work and a
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -169,23 +172,28 @@ def build_server(transport: str, *, test_tools: bool = False) -> MCPServer:
 
 
 def _add_test_tools(server: MCPServer) -> None:
-    # How many `sleep` calls this server runs at once, and the most it has run at once.
-    counts = {"in_flight": 0, "max": 0}
+    # How many `sleep` calls this server runs at once, the most it has run at once, and how many
+    # the client cancelled (`notifications/cancelled`) while they slept.
+    counts = {"in_flight": 0, "max": 0, "cancelled": 0}
 
     @server.tool(structured_output=False)
     async def sleep(seconds: float) -> str:
-        """Sleep, then answer: for timeout and concurrency tests (awaits: never blocks the server)."""
+        """Sleep, then answer: for timeout, concurrency and cancellation tests (awaits: never
+        blocks the server)."""
         counts["in_flight"] += 1
         counts["max"] = max(counts["max"], counts["in_flight"])
         try:
             await anyio.sleep(seconds)
+        except anyio.get_cancelled_exc_class():
+            counts["cancelled"] += 1
+            raise
         finally:
             counts["in_flight"] -= 1
         return f"slept {seconds}"
 
     @server.tool()
     def concurrency() -> dict[str, int]:
-        """How many `sleep` calls run now, and the most that ran at once."""
+        """How many `sleep` calls run now, the most that ran at once, and how many were cancelled."""
         return dict(counts)
 
     @server.tool(structured_output=False)
@@ -210,6 +218,49 @@ def _add_test_tools(server: MCPServer) -> None:
     def env_digest(name: str) -> dict[str, Any]:
         """The digest of an environment variable's value (None when unset)."""
         return {"name": name, "sha256": key_digest(os.environ.get(name))}
+
+    _add_long_call_tools(server)
+
+
+def _add_long_call_tools(server: MCPServer) -> None:
+    """Tools for progress, input requests and outputSchema checks."""
+
+    @server.tool(structured_output=False)
+    async def count_up(ctx: Context, steps: int, every: float = 0.0) -> str:
+        """Report progress `steps` times (1..steps of steps), `every` seconds apart, then answer."""
+        for step in range(1, steps + 1):
+            if every:
+                await anyio.sleep(every)
+            await ctx.report_progress(step, steps, f"step {step} of {steps}")
+        return f"counted to {steps}"
+
+    @server.tool(structured_output=False)
+    def confirm_delete(ctx: Context, item: str) -> str | types.InputRequiredResult:
+        """Delete `item` once the client confirms: the first call asks for input (2026-07-28
+        `InputRequiredResult`); the retry carrying the answer completes."""
+        answer = (ctx.input_responses or {}).get("confirm")
+        if isinstance(answer, types.ElicitResult):
+            confirmed = answer.action == "accept" and bool((answer.content or {}).get("confirm"))
+            return f"deleted {item}" if confirmed else f"kept {item}"
+        schema = {"type": "object", "properties": {"confirm": {"type": "boolean"}}, "required": ["confirm"]}
+        ask = types.ElicitRequest(
+            params=types.ElicitRequestFormParams(message=f"Delete {item}?", requested_schema=schema)
+        )
+        return types.InputRequiredResult(input_requests={"confirm": ask}, request_state=f"delete:{item}")
+
+    @server.tool()
+    def mismatched_output(count: int) -> dict[str, Any]:
+        """Answer {"count": "<count as text>"}, though the outputSchema says an integer."""
+        return {"count": str(count)}
+
+    tool = server._tool_manager.get_tool("mismatched_output")
+    assert tool is not None
+    # A hand-set schema is published but not enforced by the server: the client sees the mismatch.
+    tool.fn_metadata.output_schema = {
+        "type": "object",
+        "properties": {"count": {"type": "integer"}},
+        "required": ["count"],
+    }
 
 
 class RequireToken:

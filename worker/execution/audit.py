@@ -4,7 +4,8 @@ A run's lifecycle is a small status enum; every transition is persisted here and
 
     (none) --begin--> running --succeed--> success
                          |------fail(final=False)--> retrying --begin--> running ...
-                         '------fail(final=True)---> error
+                         |------fail(final=True)---> error
+                         '------cancel-------------> cancelled   (`worker.execution.pauses`)
 
 `begin` is idempotent per task id: a redelivered or re-sent task updates the same row, and a
 task whose row already says `success` gets the stored row back so the caller can return it
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,11 +34,9 @@ from sqlalchemy.orm import Session
 from worker.db.models import McpExecution
 from worker.db.prepared import Prepared
 
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
-
 TRUNCATION_MARKER = "__truncated__"
 ERROR_MESSAGE_MAX = 2000
+PROGRESS_MESSAGE_MAX = 500  # the column's width
 
 
 class Status(enum.StrEnum):
@@ -46,6 +44,11 @@ class Status(enum.StrEnum):
     RETRYING = "retrying"
     SUCCESS = "success"
     ERROR = "error"
+    CANCELLED = "cancelled"  # stopped by an operator (`worker.execution.cancel`): final
+    INPUT_REQUIRED = "input_required"  # the server waits for input (`executions respond`)
+
+
+FINAL = frozenset({Status.SUCCESS, Status.ERROR, Status.CANCELLED})  # a row never leaves these
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,13 @@ class Begun:
     result: Any = None
     execution_time_ms: int | None = None
     held_until: datetime | None = None
+    cancelled: bool = False
+    # The call runs as an MCP task on the server: this attempt polls it instead of calling again.
+    server_task_id: str | None = None
 
     @property
     def claimed(self) -> bool:
-        return not self.already_succeeded and self.held_until is None
+        return not self.already_succeeded and self.held_until is None and not self.cancelled
 
 
 def _now() -> datetime:
@@ -104,23 +110,29 @@ def claim_statement(dialect: str) -> Any:
             index_elements=["task_id"],
             set_={
                 "status": Status.RUNNING.value,
-                "attempts": c.attempts + 1,
+                # Polling a server's task is not another attempt at the call.
+                "attempts": c.attempts
+                + sa.case((c.server_task_id.is_(None), sa.literal_column("1")), else_=sa.literal_column("0")),
                 "started_at": sa.func.coalesce(c.started_at, now),
                 "finished_at": None,
                 "lease_owner": owner,
                 "lease_expires_at": expires,
             },
             where=sa.and_(
+                # Two comparisons, not NOT IN: a prepared statement cannot expand a list.
                 c.status != Status.SUCCESS.value,
+                c.status != Status.CANCELLED.value,
                 sa.or_(
                     c.status != Status.RUNNING.value,
+                    # A server's task between two polls: nobody holds the row.
+                    c.lease_owner.is_(None),
                     c.lease_expires_at.is_(None),
                     c.lease_expires_at < now,
                     c.lease_owner == owner,
                 ),
             ),
         )
-        .returning(c.id, c.attempts)
+        .returning(c.id, c.attempts, c.server_task_id)
     )
     _CLAIMS[dialect] = stmt
     return stmt
@@ -171,7 +183,7 @@ def begin(session: Session | Connection, values: dict[str, Any]) -> Begun:
     """
     claimed = session.execute(claim_statement(_dialect(session)), values).one_or_none()
     if claimed is not None:
-        return Begun(id=claimed.id, attempts=claimed.attempts, already_succeeded=False)
+        return Begun(claimed.id, claimed.attempts, False, server_task_id=claimed.server_task_id)
     return unclaimed(session, values)
 
 
@@ -181,7 +193,9 @@ def unclaimed(session: Session | Connection, values: dict[str, Any]) -> Begun:
     row = session.execute(_FIND, {"b_task_id": values["b_task_id"]}).one()
     if row.status == Status.SUCCESS.value:
         return Begun(row.id, row.attempts, True, row.result, row.execution_time_ms)
-    return Begun(row.id, row.attempts, False, held_until=_utc(row.lease_expires_at) or values["b_expires"])
+    held = _utc(row.lease_expires_at) or values["b_expires"]
+    cancelled = row.status == Status.CANCELLED.value
+    return Begun(row.id, row.attempts, False, held_until=None if cancelled else held, cancelled=cancelled)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -212,6 +226,8 @@ def _succeed_statement(with_params: bool) -> Any:
         "execution_time_ms": sa.bindparam("b_elapsed"),
         "finished_at": sa.bindparam("b_finished"),
         "lease_expires_at": None,
+        "output_valid": sa.bindparam("b_output_valid", type_=sa.Boolean()),
+        "output_error": sa.bindparam("b_output_error", type_=sa.Text()),
     }
     if with_params:
         values["params"] = sa.bindparam("b_params", type_=_table.c.params.type)
@@ -237,15 +253,19 @@ def succeed(
     owner: str,
     params: Any = None,
     encoded: str | None = None,
+    output_valid: bool | None = None,
+    output_error: str | None = None,
 ) -> bool:
-    """Mark the row `success` with its result and timing (`encoded`: the result's JSON, if made),
-    if `owner` still holds its lease; returns whether it did."""
+    """Mark the row `success` with its result, timing (`encoded`: the result's JSON, if made) and
+    outputSchema check, if `owner` still holds its lease; returns whether it did."""
     values = {
         "b_task_id": task_id,
         "b_owner": owner,
         "b_result": encoded if encoded is not None else json.dumps(result, ensure_ascii=False, default=str),
         "b_elapsed": elapsed_ms,
         "b_finished": _now(),
+        "b_output_valid": output_valid,
+        "b_output_error": output_error[:ERROR_MESSAGE_MAX] if output_error is not None else None,
     }
     if params is not None:
         values["b_params"] = params
@@ -351,6 +371,10 @@ def get(session: Session, task_id: str) -> McpExecution | None:
     return session.scalars(sa.select(McpExecution).where(McpExecution.task_id == task_id)).one_or_none()
 
 
+def _progress(row: McpExecution) -> dict[str, Any]:
+    return {"progress": row.progress, "total": row.progress_total, "message": row.progress_message}
+
+
 def as_dict(row: McpExecution) -> dict[str, Any]:
     """The row as JSON-ready data (params are stored redacted already)."""
     return {
@@ -365,6 +389,11 @@ def as_dict(row: McpExecution) -> dict[str, Any]:
         "result": row.result,
         "error_message": row.error_message,
         "execution_time_ms": row.execution_time_ms,
+        "progress": None if row.progress is None else _progress(row),
+        "output_valid": row.output_valid,
+        "output_error": row.output_error,
+        "server_task_id": row.server_task_id,
+        "input_request": row.input_request,
         "created_at": row.created_at.isoformat() if row.created_at else None,
         "started_at": row.started_at.isoformat() if row.started_at else None,
         "finished_at": row.finished_at.isoformat() if row.finished_at else None,

@@ -6,6 +6,10 @@ SQLite); call the tool; record the outcome, one statement. The hot path's steps 
 autocommit: each is a single write, so a BEGIN and a COMMIT would only add round trips. Errors
 are recorded and re-raised for the task to map onto retry (a `TransientError` that has retries
 left) or failure.
+
+While the call runs its thread passes on the server's progress and stops the call when it was
+cancelled (`worker.execution.watch`). A tool the server runs as an MCP task ends this delivery
+once the task is started, and a server that needs input ends it too (`worker.execution.pending`).
 """
 
 from __future__ import annotations
@@ -26,9 +30,17 @@ from sqlalchemy.exc import DBAPIError
 
 from worker import mcp
 from worker.db.engine import autocommit, session_scope
-from worker.errors import ExecutionHeld, PermanentError, ToolFailed, TransientError, WorkerError
-from worker.execution import audit, leases, slots
+from worker.errors import (
+    CallCancelled,
+    ExecutionHeld,
+    PermanentError,
+    ToolFailed,
+    TransientError,
+    WorkerError,
+)
+from worker.execution import audit, leases, pauses, pending, slots
 from worker.execution.claim import Claim, claim
+from worker.execution.watch import CallWatch, ProgressReporter
 from worker.redaction import redact, redact_params, register_secrets
 from worker.services import registry
 from worker.services.config import ServiceConfig, Timeouts, timeouts_for
@@ -45,6 +57,9 @@ RETRY_BACKOFF_S = 2
 RETRY_BACKOFF_MAX_S = 120
 # How often a duplicate delivery looks at the row another delivery holds.
 HOLDER_POLL_S = 0.5
+
+# A message header: this delivery carries the answers `mcp-worker executions respond` stored.
+RESUME_HEADER = "mcp_resume"
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,8 @@ def _claim_or_wait(task_id: str, values: dict[str, Any], settings: Settings) -> 
             return CallResult(
                 row.id, task_id, "success", row.result, row.execution_time_ms, row.attempts, True
             )
+        if row.cancelled:
+            raise CallCancelled(f"execution {row.id} was cancelled; it is not run again")
         if claimed.claimed:
             return claimed
         if give_up_at is None:
@@ -202,11 +219,16 @@ def run_tool_call(
     arguments: object,
     final_attempt: bool,
     settings: Settings | None = None,
+    on_progress: ProgressReporter | None = None,
+    resume: bool = False,
 ) -> CallResult:
-    """Call `tool` on the user's `service` and keep the audit row current.
+    """Call `tool` on the user's `service` and keep the audit row current; the server's progress
+    goes to the row and to `on_progress` (throttled, see `WATCH_INTERVAL_S`). `resume`: the call
+    asked for input and `mcp-worker executions respond` stored the answers on the row.
 
     Raises:
         InvalidArguments: the request itself is malformed (no row is written).
+        CallCancelled: the call was cancelled (the row says `cancelled`); never retried.
         PermanentError: recorded as `error`; retrying cannot help.
         TransientError: recorded as `retrying`, or `error` when `final_attempt`.
         ExecutionHeld: another delivery holds the row longer than this one can wait.
@@ -227,8 +249,9 @@ def run_tool_call(
     claimed = _claim_or_wait(task_id, values, settings)
     if isinstance(claimed, CallResult):
         return claimed
+    watch = CallWatch(task_id, values["b_owner"], settings, on_progress)
     with leases.kept(task_id, values["b_owner"], settings.lease_seconds):
-        return _call(claimed, values, name, args, final_attempt, settings)
+        return _call(claimed, values, name, args, final_attempt, settings, watch, resume)
 
 
 def _call(
@@ -238,28 +261,33 @@ def _call(
     args: dict[str, Any],
     final_attempt: bool,
     settings: Settings,
+    watch: CallWatch,
+    resume: bool = False,
 ) -> CallResult:
     """The claimed attempt: call the tool and persist its outcome, whatever it is."""
     row, task_id, owner = claimed.row, values["b_task_id"], values["b_owner"]
     started = time.perf_counter()
     stored_params: Any = None
     try:
-        if claimed.service_error is not None:
-            raise claimed.service_error
-        config = claimed.service
-        assert config is not None  # a claim carries the service or the reason there is none
+        config = claimed.config()
         register_secrets(config.secrets())
         merged = merge_arguments(config, args)
         stored_params = redact_params(merged, config.secrets())
-        with slots.held(config, task_id, settings):
-            outcome = mcp.call_tool(config, name, merged, settings=settings)
+        outcome = _reach(config, name, merged, row, task_id, owner, settings, watch, resume)
+        if outcome is None:
+            return CallResult(row.id, task_id, audit.Status.INPUT_REQUIRED.value, None, None, row.attempts)
         if outcome.is_error:
             raise ToolFailed(f"tool {name!r} reported an error: {outcome.message or 'no message'}")
         result, encoded = audit.encode_result(
             redact_params(outcome.result, config.secrets()), settings.max_result_bytes
         )
-    except slots.SlotBusy as busy:
-        _give_back(task_id, owner, busy)
+    except ExecutionHeld as held:  # no free slot (the claim goes back), or a server's task to poll later
+        if isinstance(held, slots.SlotBusy):
+            _give_back(task_id, owner, held)
+        raise
+    except CallCancelled as cancelled:
+        watch.flush(final=True)
+        _record_cancel(task_id, owner, started, cancelled)
         raise
     except WorkerError as exc:
         final = final_attempt or not isinstance(exc, TransientError)
@@ -283,7 +311,45 @@ def _call(
         record_failure(task_id, message, started=started, final=True, params=stored_params, owner=owner)
         logger.exception("execution %s failed unexpectedly", row.id)
         raise
-    return _record_success(row, values, result, encoded, _elapsed_ms(started), stored_params)
+    return _record_success(row, values, result, encoded, _elapsed_ms(started), stored_params, outcome)
+
+
+def _reach(
+    config: ServiceConfig,
+    name: str,
+    merged: dict[str, Any],
+    row: audit.Begun,
+    task_id: str,
+    owner: str,
+    settings: Settings,
+    watch: CallWatch,
+    resume: bool,
+) -> mcp.ToolOutcome | None:
+    """The tool's outcome, holding one of the service's slots: the server's task polled, or the
+    call made (with the stored answers when `resume`); None when the server needs input first.
+
+    Raises:
+        TaskPending: the server's task runs on (`worker.execution.pending`).
+        SlotBusy: no slot came free in time.
+    """
+    with slots.held(config, task_id, settings):
+        if row.server_task_id is not None:
+            outcome = pending.poll(config, name, row.server_task_id, task_id, owner, settings)
+        else:
+            answers, state = pending.answers(task_id) if resume else (None, None)
+            started = mcp.start_tool(
+                config, name, merged, settings=settings, watch=watch, answers=answers, request_state=state
+            )
+            outcome = pending.settled(started, task_id, owner, row.id, config)
+    watch.flush(final=True)
+    return outcome
+
+
+def _record_cancel(task_id: str, owner: str, started: float, cancelled: CallCancelled) -> None:
+    message = f"CallCancelled: {cancelled} (after {_elapsed_ms(started)} ms)"
+    if not autocommit(lambda connection: pauses.cancel(connection, task_id, message=message, owner=owner)):
+        logger.warning("the row of task %s was taken over by another delivery; its outcome stands", task_id)
+    logger.info("task %s was cancelled while its call ran; the server was told to stop", task_id)
 
 
 def _give_back(task_id: str, owner: str, busy: slots.SlotBusy) -> None:
@@ -300,7 +366,13 @@ def _give_back(task_id: str, owner: str, busy: slots.SlotBusy) -> None:
 
 
 def _record_success(
-    row: audit.Begun, values: dict[str, Any], result: Any, encoded: str, elapsed: int, stored_params: Any
+    row: audit.Begun,
+    values: dict[str, Any],
+    result: Any,
+    encoded: str,
+    elapsed: int,
+    stored_params: Any,
+    outcome: mcp.ToolOutcome,
 ) -> CallResult:
     task_id, owner = values["b_task_id"], values["b_owner"]
     # A row this attempt created already holds these params when no service default was merged.
@@ -314,6 +386,8 @@ def _record_success(
             owner=owner,
             params=new_params,
             encoded=encoded,
+            output_valid=outcome.output_valid,
+            output_error=outcome.output_error,
         )
     )
     if not recorded:

@@ -41,14 +41,27 @@ class Claim:
     def claimed(self) -> bool:
         return self.row.claimed
 
+    def config(self) -> ServiceConfig:
+        """The claimed row's service.
+
+        Raises:
+            WorkerError: why it could not be resolved.
+        """
+        if self.service_error is not None:
+            raise self.service_error
+        assert self.service is not None  # a claim carries the service or the reason there is none
+        return self.service
+
 
 def _claim_and_lookup() -> Prepared:
-    """No row: not claimed. Otherwise (id, attempts, *lookup columns) per service row found, or
+    """No row: not claimed. Otherwise (id, attempts, server_task_id, *lookup columns) per service row found, or
     one row with the lookup columns NULL when there is none. Prepared: it runs on every task."""
     claimed = audit.claim_statement("postgresql").cte("claim")
     found = store.LOOKUP.subquery("found")
     return Prepared(
-        sa.select(claimed.c.id, claimed.c.attempts, *found.c).select_from(claimed.outerjoin(found, sa.true()))
+        sa.select(claimed.c.id, claimed.c.attempts, claimed.c.server_task_id, *found.c).select_from(
+            claimed.outerjoin(found, sa.true())
+        )
     )
 
 
@@ -88,6 +101,6 @@ def claim(connection: Connection, values: dict[str, Any], settings: Settings) ->
     rows: list[Any] = list(_CLAIM_AND_LOOKUP.execute(connection, values))
     if not rows:
         return Claim(audit.unclaimed(connection, values))
-    row = audit.Begun(id=rows[0][0], attempts=rows[0][1], already_succeeded=False)
-    found = [tuple(r[2:]) for r in rows if r[2] is not None]
+    row = audit.Begun(id=rows[0][0], attempts=rows[0][1], already_succeeded=False, server_task_id=rows[0][2])
+    found = [tuple(r[3:]) for r in rows if r[3] is not None]
     return _resolved(row, values, lambda: store.from_rows(found, user, desc))

@@ -12,18 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
+import mcp_types as types
 from mcp import Client
 from mcp_types import PaginatedRequestParams
 
+from worker.errors import ToolFailed
+from worker.mcp import calls
+from worker.mcp.calls import InputNeeded, TaskPoll, TaskStarted, input_responses
 from worker.mcp.loop import in_loop_thread, loop_is_running, run_sync, stop_loop
-from worker.mcp.outcome import ToolOutcome, to_outcome
+from worker.mcp.outcome import Progress, ToolOutcome, one_line, to_outcome
 from worker.mcp.pool import current_pool, get_pool
 from worker.services.config import ServiceConfig, timeouts_for
 from worker.settings import Settings, get_settings
 
-__all__ = ["ToolOutcome", "call_tool", "list_tools", "pool_stats", "shutdown_runtime"]
+__all__ = [
+    "InputNeeded",
+    "Progress",
+    "TaskPoll",
+    "TaskStarted",
+    "ToolOutcome",
+    "Watch",
+    "call_tool",
+    "cancel_task",
+    "list_tools",
+    "poll_task",
+    "pool_stats",
+    "shutdown_runtime",
+    "start_tool",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +54,21 @@ SHUTDOWN_TIMEOUT = 15.0
 STATS_TIMEOUT = 5.0
 # Time for calls cancelled by shutdown to unwind (their sessions are already closed).
 CALLER_CANCEL_TIMEOUT = 2.0
+# A progress message is for a status line: longer ones are cut.
+PROGRESS_MESSAGE_MAX = 200
+
+
+class Watch(Protocol):
+    """What a caller does while its call runs (see `worker.execution.call`)."""
+
+    # How often `tick` runs, in seconds.
+    interval: float
+
+    def progress(self, update: Progress) -> None:
+        """The server sent progress. Runs on the loop thread: must only store it, never block."""
+
+    def tick(self) -> bool:
+        """Runs in the caller's thread every `interval` while the call runs; True cancels it."""
 
 
 def _bound(config: ServiceConfig, settings: Settings) -> float:
@@ -43,12 +76,20 @@ def _bound(config: ServiceConfig, settings: Settings) -> float:
 
 
 def call_tool(
-    config: ServiceConfig, tool: str, arguments: dict[str, Any], *, settings: Settings | None = None
+    config: ServiceConfig,
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    settings: Settings | None = None,
+    watch: Watch | None = None,
 ) -> ToolOutcome:
     """Call one tool on the service's MCP server, reusing the pooled session when there is one.
 
     Blocks for at most connect + call timeouts (+ a small margin). A tool that ran and reported
-    an error is returned as `ToolOutcome(is_error=True, message=...)`, not raised.
+    an error is returned as `ToolOutcome(is_error=True, message=...)`, not raised. A result that
+    does not match the tool's outputSchema is returned with `output_valid=False` and the reason.
+    With `watch`, the server's progress reaches `watch.progress`, and `watch.tick` may cancel
+    the call (the SDK then sends the server `notifications/cancelled`).
 
     Raises:
         CommandNotAllowed: a stdio command outside MCP_STDIO_ALLOWED_COMMANDS.
@@ -58,15 +99,119 @@ def call_tool(
         ToolInputRejected: the server rejected the arguments.
         ProtocolError: the server does not speak MCP.
         ServerUnavailable, ServerTimeout, ServerError: transient; worth retrying later.
+        CallCancelled: `watch.tick` cancelled the call.
+    """
+    outcome = start_tool(config, tool, arguments, settings=settings, watch=watch, as_task=False)
+    if isinstance(outcome, InputNeeded):
+        raise ToolFailed(f"tool {tool!r} asks for input; call it through mcp.execute_tool to answer it")
+    assert isinstance(outcome, ToolOutcome)  # only a call started with as_task becomes a task
+    return outcome
+
+
+def start_tool(
+    config: ServiceConfig,
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    settings: Settings | None = None,
+    watch: Watch | None = None,
+    as_task: bool = True,
+    answers: dict[str, Any] | None = None,
+    request_state: str | None = None,
+) -> ToolOutcome | TaskStarted | InputNeeded:
+    """`call_tool`, except that a tool the server runs as an MCP task (and `as_task`) is started
+    as one: `TaskStarted` comes back at once, and `poll_task` follows it; a server that needs
+    input first gives `InputNeeded`, and the call is made again with `answers` (JSON, see
+    `input_responses`) and the `request_state` it gave.
+
+    Raises:
+        InvalidArguments: `answers` do not parse.
+        WorkerError: as for `call_tool`.
+    """
+    settings = settings or get_settings()
+    secrets = config.secrets()
+    parsed = input_responses(answers) if answers is not None else None
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if watch is not None:
+            text = one_line(message, secrets, PROGRESS_MESSAGE_MAX) if message else None
+            watch.progress(Progress(progress, total, text))
+
+    async def op(client: Client, timeout: float) -> ToolOutcome | TaskStarted | InputNeeded:
+        if as_task and parsed is None and await calls.runs_as_task(client, tool):
+            return await calls.start_task(client, tool, arguments, timeout)
+        progress = on_progress if watch else None
+        result = await calls.send_call(client, tool, arguments, timeout, progress, parsed, request_state)
+        if isinstance(result, types.InputRequiredResult):
+            requests = {
+                key: request.model_dump(by_alias=True, mode="json", exclude_none=True)
+                for key, request in (result.input_requests or {}).items()
+            }
+            return InputNeeded(requests, result.request_state)
+        valid, why = await calls.check_output(client, tool, result)
+        return to_outcome(tool, result, secrets, output_valid=valid, output_error=why)
+
+    async def run() -> ToolOutcome | TaskStarted | InputNeeded:
+        return await get_pool().run(config, settings, op)
+
+    if watch is None:
+        return run_sync(run(), _bound(config, settings))
+    return run_sync(run(), _bound(config, settings), tick=watch.tick, tick_every=watch.interval)
+
+
+def poll_task(
+    config: ServiceConfig, tool: str, task_id: str, *, settings: Settings | None = None
+) -> TaskPoll:
+    """Ask the server how its task `task_id` (a call of `tool`) is doing (`tasks/get`); once it is
+    done, fetch the call's result (`tasks/result`) as a `ToolOutcome`.
+
+    Raises:
+        WorkerError: as for `call_tool` (the server forgot the task: `ProtocolError`).
     """
     settings = settings or get_settings()
     secrets = config.secrets()
 
-    async def op(client: Client, timeout: float) -> ToolOutcome:
-        result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout)
-        return to_outcome(tool, result, secrets)
+    async def op(client: Client, timeout: float) -> TaskPoll:
+        got = await client.session.send_request(
+            types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id)),
+            types.GetTaskResult,
+            request_read_timeout_seconds=timeout,
+        )
+        message = one_line(got.status_message, secrets, PROGRESS_MESSAGE_MAX) if got.status_message else None
+        if got.status not in ("completed", "failed"):
+            return TaskPoll(got.status, message, calls.poll_after(got))
+        result = await client.session.send_request(
+            types.GetTaskPayloadRequest(params=types.GetTaskPayloadRequestParams(task_id=task_id)),
+            types.CallToolResult,
+            request_read_timeout_seconds=timeout,
+        )
+        valid, why = await calls.check_output(client, tool, result)
+        outcome = to_outcome(tool, result, secrets, output_valid=valid, output_error=why)
+        return TaskPoll(got.status, message, 0.0, outcome)
 
-    async def run() -> ToolOutcome:
+    async def run() -> TaskPoll:
+        return await get_pool().run(config, settings, op)
+
+    return run_sync(run(), _bound(config, settings))
+
+
+def cancel_task(config: ServiceConfig, task_id: str, *, settings: Settings | None = None) -> str:
+    """Ask the server to cancel its task `task_id` (`tasks/cancel`); returns the task's status.
+
+    Raises:
+        WorkerError: as for `call_tool`.
+    """
+    settings = settings or get_settings()
+
+    async def op(client: Client, timeout: float) -> str:
+        cancelled = await client.session.send_request(
+            types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task_id)),
+            types.CancelTaskResult,
+            request_read_timeout_seconds=timeout,
+        )
+        return cancelled.status
+
+    async def run() -> str:
         return await get_pool().run(config, settings, op)
 
     return run_sync(run(), _bound(config, settings))

@@ -13,10 +13,11 @@ import concurrent.futures
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from worker.errors import ServerTimeout, ServerUnavailable
+from worker.errors import CallCancelled, ServerTimeout, ServerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ T = TypeVar("T")
 
 # How long `stop_loop` waits for the loop thread to finish after asking it to stop.
 LOOP_JOIN_TIMEOUT = 5.0
+# How long a cancelled call may take to unwind on the loop (the SDK writes the server its
+# `notifications/cancelled` on the way out, bounded by its own 2 s write timeout).
+CANCEL_UNWIND_TIMEOUT = 3.0
 
 
 class _ProcessLoop:
@@ -72,23 +76,53 @@ def in_loop_thread() -> bool:
     return current is not None and current.thread is threading.current_thread()
 
 
-def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+async def _signalled(coro: Coroutine[Any, Any, T], done: threading.Event) -> T:
+    try:
+        return await coro
+    finally:
+        done.set()
+
+
+def run_sync(
+    coro: Coroutine[Any, Any, T],
+    timeout: float,
+    *,
+    tick: Callable[[], bool] | None = None,
+    tick_every: float = 0.5,
+) -> T:
     """Run `coro` on the process loop and wait for it, at most `timeout` seconds.
 
     On timeout the coroutine is cancelled on the loop, so nothing keeps running behind the caller.
+    With `tick`, the waiting thread calls it every `tick_every` seconds while the coroutine runs
+    (the caller's own work: flushing progress, looking for a cancellation); when it returns True
+    the coroutine is cancelled on the loop, and waited for while it unwinds.
 
     Raises:
         ServerTimeout: the coroutine did not finish within `timeout`.
         ServerUnavailable: the runtime was shut down while the coroutine ran.
+        CallCancelled: `tick` asked for the call to stop.
         RuntimeError: called from the loop thread itself.
         Exception: whatever the coroutine raised.
     """
     if in_loop_thread():
         coro.close()
         raise RuntimeError("run_sync called from the MCP runtime loop thread; await the coroutine instead")
-    future = asyncio.run_coroutine_threadsafe(coro, get_loop())
+    done = threading.Event()
+    future = asyncio.run_coroutine_threadsafe(_signalled(coro, done), get_loop())
+    deadline = time.monotonic() + timeout
     try:
-        return future.result(timeout)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return future.result(max(0.0, min(left, tick_every)) if tick is not None else timeout)
+            except concurrent.futures.TimeoutError:
+                if tick is None or left <= tick_every:
+                    raise
+            if tick():
+                future.cancel()
+                if not done.wait(CANCEL_UNWIND_TIMEOUT):
+                    logger.warning("a cancelled MCP call did not unwind within %.0fs", CANCEL_UNWIND_TIMEOUT)
+                raise CallCancelled("the call was cancelled while it ran; the server was told to stop")
     except concurrent.futures.CancelledError:
         raise ServerUnavailable("the MCP runtime shut down during the call; retry it") from None
     except concurrent.futures.TimeoutError:
@@ -96,6 +130,10 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float) -> T:
         raise ServerTimeout(
             f"the MCP call did not finish within {timeout:.0f}s; raise MCP_CALL_TIMEOUT"
         ) from None
+    except BaseException:
+        # `tick` failed, or the thread was interrupted: nothing keeps running behind the caller.
+        future.cancel()
+        raise
 
 
 def stop_loop() -> None:

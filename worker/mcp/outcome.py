@@ -62,6 +62,22 @@ class ToolOutcome:
     result: Any
     is_error: bool
     message: str | None
+    # Whether the result matched the tool's outputSchema (None: the tool declares none, or the
+    # result is an error), and why not. A mismatch keeps the result: it is recorded, not raised.
+    output_valid: bool | None = None
+    output_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The latest `notifications/progress` of a running call (`message` already redacted)."""
+
+    progress: float
+    total: float | None = None
+    message: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"progress": self.progress, "total": self.total, "message": self.message}
 
 
 def one_line(text: str, secrets: Iterable[str] = (), limit: int = MESSAGE_MAX) -> str:
@@ -93,8 +109,16 @@ def _summarise(block: Any) -> Any:
     return {"type": getattr(block, "type", type(block).__name__)}
 
 
-def to_outcome(tool: str, result: types.CallToolResult, secrets: Iterable[str] = ()) -> ToolOutcome:
-    """Turn the SDK's result into a `ToolOutcome`.
+def to_outcome(
+    tool: str,
+    result: types.CallToolResult,
+    secrets: Iterable[str] = (),
+    *,
+    output_valid: bool | None = None,
+    output_error: str | None = None,
+) -> ToolOutcome:
+    """Turn the SDK's result into a `ToolOutcome` (`output_valid`, `output_error`: what checking
+    it against the tool's outputSchema found).
 
     Raises:
         UnknownTool: the server answered that it has no such tool (as an isError result).
@@ -108,9 +132,10 @@ def to_outcome(tool: str, result: types.CallToolResult, secrets: Iterable[str] =
         if _BAD_INPUT.search(message):
             raise ToolInputRejected(f"tool {tool!r} rejected its arguments: {message}")
         return ToolOutcome(result=[_summarise(b) for b in result.content], is_error=True, message=message)
+    why = one_line(output_error, secrets) if output_error is not None else None
     if result.structured_content is not None:
-        return ToolOutcome(result=result.structured_content, is_error=False, message=None)
-    return ToolOutcome(result=[_summarise(b) for b in result.content], is_error=False, message=None)
+        return ToolOutcome(result.structured_content, False, None, output_valid, why)
+    return ToolOutcome([_summarise(b) for b in result.content], False, None, output_valid, why)
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
@@ -139,7 +164,8 @@ def root_cause(exc: BaseException) -> BaseException:
 def _from_status(status: int, where: str) -> WorkerError:
     if status in (401, 403):
         return AuthenticationFailed(
-            f"{where} refused the credentials (HTTP {status}); check the service's api_key"
+            f"{where} refused the credentials (HTTP {status}); check the service's api_key "
+            "(an oauth service: its client and scopes)"
         )
     if status == 404:
         return InvalidService(
