@@ -71,7 +71,7 @@ def test_the_claim_budget_uses_the_services_own_timeouts(user: str) -> None:
     settings = Settings.from_env(
         {**os.environ, "MCP_TASK_SOFT_TIME_LIMIT": "30", "MCP_CONNECT_TIMEOUT": "2", "MCP_CALL_TIMEOUT": "2"}
     )
-    _service(user, "slow-pm", call_timeout=18)
+    _service(user, "slow-pm", call_timeout=18, connect_timeout=2)
     task_id = str(uuid.uuid4())
     _hold(task_id, user, "slow-pm", "echo", lease_seconds=10)
 

@@ -4,7 +4,8 @@ A dedicated worker (its own Redis database, logging at DEBUG) runs successes, ev
 retries, reports with refinement (accepted and failed), and a call whose arguments carry the key.
 Then the key is searched for in the worker's log, every row of every table, every Redis key the
 run left (results, tracebacks), every command Redis received (broker messages, via MONITOR), and
-the CLI's output.
+the CLI's output. OAuth services (issue 16) join in: a client secret, a private key (each of its
+PEM lines), a revoked client's secret, and every access token the authorization server issued.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery
+from oauth.oauth_helpers import rsa_key_pair, start_oauth_world
 from processes import free_port, start_demo_server, start_flower, start_worker, wait_until
 from testenv import LOG_DIR, OPENAI_TEST_KEY, RUN_ID, extra_redis_url
 
@@ -33,7 +35,13 @@ from worker.services.store import save_service
 
 CANARY = "sk-live-CANARY-7f3a9c2e1b5d"
 FLOWER_AUTH = "ops:flower-password-for-the-leak-test"
-SECRETS = (CANARY, OPENAI_TEST_KEY)
+OAUTH_SECRET = "oauth-client-secret-CANARY-4c1d9b"
+OAUTH_REVOKED_SECRET = "oauth-revoked-secret-CANARY-9e2a51"
+OAUTH_PRIVATE_KEY, OAUTH_PUBLIC_KEY = rsa_key_pair()
+OAUTH_KEY_LINES = tuple(line for line in OAUTH_PRIVATE_KEY.splitlines() if "-----" not in line)
+SECRETS = (CANARY, OPENAI_TEST_KEY, OAUTH_SECRET, OAUTH_REVOKED_SECRET, *OAUTH_KEY_LINES)
+# The access tokens the OAuth authorization server issued during the test, added once known.
+ISSUED_TOKENS: list[str] = []
 USER = f"leaky-{uuid.uuid4().hex[:6]}"
 TIMEOUT_S = 120.0
 
@@ -77,6 +85,8 @@ def leak_env(openai_fake: Any, clean_db: None, monkeypatch: pytest.MonkeyPatch) 
         # Every process is stopped whatever fails, including a later start.
         demo, demo_url = start_demo_server("streamable-http", LOG_DIR, token=CANARY)
         stack.callback(demo.stop)
+        oauth_world = start_oauth_world(LOG_DIR)
+        stack.callback(oauth_world.stop)
         monitor = stack.enter_context(Monitor(url))
         worker = start_worker(f"leaks-{RUN_ID}", LOG_DIR, env, loglevel="DEBUG")
         stack.callback(worker.stop)
@@ -90,6 +100,7 @@ def leak_env(openai_fake: Any, clean_db: None, monkeypatch: pytest.MonkeyPatch) 
             "monitor": monitor,
             "env": env,
             "flower": flower_url,
+            "oauth": oauth_world,
         }
 
 
@@ -105,7 +116,7 @@ def final(task_id: str) -> dict[str, Any]:
 
 
 def assert_clean(where: str, text: str) -> None:
-    for secret in SECRETS:
+    for secret in (*SECRETS, *ISSUED_TOKENS):
         assert secret not in text, f"a secret appears in {where}"
 
 
@@ -154,7 +165,36 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
                     "params": {"project_id": 1},
                 },
             )
+    world = leak_env["oauth"]
+    revoked = world.add_client(secret=OAUTH_REVOKED_SECRET)
+    with session_scope() as session:
+        for desc, auth in (
+            ("oauth", {"client_id": world.add_client(secret=OAUTH_SECRET), "client_secret": OAUTH_SECRET}),
+            (
+                "oauth-key",
+                {
+                    "client_id": world.add_client(public_key=OAUTH_PUBLIC_KEY),
+                    "private_key": OAUTH_PRIVATE_KEY,
+                },
+            ),
+            ("oauth-revoked", {"client_id": revoked, "client_secret": OAUTH_REVOKED_SECRET}),
+        ):
+            save_service(
+                session,
+                {
+                    "user_id": USER,
+                    "desc": desc,
+                    "interaction_mode": "streamable_http",
+                    "url": world.mcp_url,
+                    "api_key": "",
+                    "auth": {"type": "oauth", **auth},
+                },
+            )
+    world.admin("revoke", {"client_id": revoked})
     calls = [
+        ("oauth", "whoami", {}, "success"),
+        ("oauth-key", "whoami", {}, "success"),
+        ("oauth-revoked", "whoami", {}, "error"),
         ("ok", "echo", {"message": "hello"}, "success"),
         ("ok", "whoami", {}, "success"),
         ("stdio", "whoami", {}, "success"),
@@ -173,14 +213,23 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
     failed_refine = submit_report(USER, "ok", period="2026-W46", refine=True, app=app).id
     for task_id, expected in [*task_ids, (failed_refine, "success")]:
         assert final(task_id)["status"] == expected, final(task_id)
+    ISSUED_TOKENS.extend(world.issued())
+    assert len(ISSUED_TOKENS) >= 2
 
     # Rows of every table, as text.
     with get_engine().connect() as conn:
         for table in Base.metadata.sorted_tables:
             rows = conn.execute(sa.select(table)).all()
             assert_clean(
-                f"table {table.name}", repr([tuple(r) for r in rows if table.name != "mcp_services"])
+                f"table {table.name}",
+                repr([tuple(r) for r in rows if table.name not in ("mcp_services", "mcp_oauth_tokens")]),
             )
+            if table.name == "mcp_oauth_tokens":
+                # The one place the tokens live (encrypted with MCP_SECRET_KEY when it is set).
+                assert_clean(
+                    "mcp_oauth_tokens",
+                    repr([{k: v for k, v in r._mapping.items() if k != "access_token"} for r in rows]),
+                )
             if table.name == "mcp_services":
                 # The one place the key must live; nothing else in that table repeats it in clear.
                 for row in rows:
@@ -195,6 +244,9 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
         for args in (
             ("services", "list", "--user", USER),
             ("services", "show", USER, "ok"),
+            ("services", "show", USER, "oauth-key"),
+            ("services", "check", USER, "oauth"),
+            ("call", USER, "oauth", "whoami", "--wait", "--timeout", "60"),
             ("services", "list", "--json"),
             ("call", USER, "ok", "echo", "--args", '{"message": "cli"}', "--wait", "--timeout", "60"),
             ("reports", "list", "--user", USER),
@@ -227,3 +279,144 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
     log = leak_env["worker"].log()
     assert "DEBUG" in log and "execution" in log
     assert_clean("the worker log", log)
+
+
+# Issue 17: the SMTP password (in MCP_SMTP_URL), a webhook's HMAC secret and a Slack webhook URL
+# (its path is the token) through every delivery path: saved by the CLI, sent, retried, refused.
+SMTP_CANARY = "smtp-CANARY-pass-4e1d9b"
+WEBHOOK_CANARY = "whsec-CANARY-8a2f6c0d3e"
+SLACK_CANARY = "T0CANARY/B0CANARY/slackCANARYtoken"
+
+
+def test_the_smtp_password_and_webhook_secrets_appear_nowhere(
+    clean_db: None, tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from cryptography.fernet import Fernet
+    from fakes.smtp_server import SmtpServer
+    from fakes.webhook_receiver import WebhookReceiver
+
+    from worker.cli import main
+    from worker.db.models import McpReportDelivery
+    from worker.reports.storage import insert_report
+    from worker.settings import reset_settings
+
+    url = extra_redis_url()
+    smtp_port = free_port()
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": url,
+        "CELERY_RESULT_BACKEND": url,
+        "LOG_LEVEL": "DEBUG",
+        "MCP_SECRET_KEY": Fernet.generate_key().decode(),
+        "MCP_SMTP_URL": f"smtp://bot:{SMTP_CANARY}@127.0.0.1:{smtp_port}",
+        "MCP_SMTP_FROM": "reports@leaks.test",
+        "MCP_DELIVERY_MAX_RETRIES": "1",
+        "MCP_DELIVERY_RETRY_BACKOFF_S": "0.2",
+    }
+    secrets = (SMTP_CANARY, WEBHOOK_CANARY, SLACK_CANARY)
+    producer = Celery(f"leaks-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    producer.conf.update(broker_read_url=url, broker_write_url=url, task_serializer="json")
+    # The CLI runs in this process (its output captured), encrypting with the worker's key.
+    monkeypatch.setenv("MCP_SECRET_KEY", env["MCP_SECRET_KEY"])
+    reset_settings()
+
+    def cli(*args: str) -> str:
+        code = main(list(args))
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return out.out + out.err
+
+    with ExitStack() as stack:
+        stack.callback(reset_settings)
+        monitor = stack.enter_context(Monitor(url))
+        smtp = stack.enter_context(SmtpServer(smtp_port, auth=("bot", SMTP_CANARY)))
+        hooks = stack.enter_context(WebhookReceiver())
+        hooks.script("/retry", [503, 200])
+        hooks.script("/denied", [401])
+        smtp.refuse("bounce@example.com")
+        worker = start_worker(
+            f"leaks-delivery-{RUN_ID}", LOG_DIR, env, queues="mcp.reports", loglevel="DEBUG"
+        )
+        stack.callback(worker.stop)
+        stack.callback(producer.close)
+
+        (tmp_path / "secret").write_text(WEBHOOK_CANARY)
+        (tmp_path / "slack").write_text(hooks.url(f"/services/{SLACK_CANARY}"))
+        outputs = [
+            cli(
+                "schedules", "add", USER, "weekly", "--email", "ok@example.com",
+                "--email", "bounce@example.com", "--webhook", hooks.url(hook),
+                "--webhook-secret-file", str(tmp_path / "secret"),
+                "--slack-webhook-file", str(tmp_path / "slack"),
+            )
+            for hook in ("/retry", "/denied")
+        ]  # fmt: skip
+        # (stdout first: anything else this process logs meanwhile lands after it)
+        schedule_ids = [json.JSONDecoder().raw_decode(out)[0]["id"] for out in outputs]
+        with session_scope() as session:
+            report_ids = [
+                insert_report(
+                    session,
+                    {
+                        "task_id": f"leak-{sid}",
+                        "user_id": USER,
+                        "service": "weekly",
+                        "template": "weekly_report.j2",
+                        "period": "2026-W47",
+                        "content": "# Leak check\n",
+                        "raw_content": "# Leak check\n",
+                        "schedule_id": sid,
+                    },
+                )
+                for sid in schedule_ids
+            ]
+        from worker.delivery.job import channels_for
+        from worker.delivery.log import add_deliveries
+
+        ids: list[int] = []
+        for report_id, sid in zip(report_ids, schedule_ids, strict=True):
+            items = channels_for([sid])
+            with session_scope() as session:
+                ids += add_deliveries(session, report_id, items, {i["key"]: i["type"] for i in items})
+        for delivery_id in ids:
+            producer.send_task("mcp.deliver_report", kwargs={"delivery_id": delivery_id}, queue="mcp.reports")
+
+        def settled() -> bool:
+            with session_scope() as session:
+                statuses = session.scalars(
+                    sa.select(McpReportDelivery.status).where(McpReportDelivery.id.in_(ids))
+                ).all()
+            return len(statuses) == len(ids) and all(s in ("delivered", "failed") for s in statuses)
+
+        wait_until(settled, TIMEOUT_S, "every delivery to settle", interval=0.2)
+        assert len(smtp.messages) == 2 and smtp.logins  # the password was used, and worked
+        assert len(hooks.received("/retry")) == 2 and len(hooks.received("/denied")) == 1
+
+        for args in (
+            ("schedules", "list"),
+            *(("schedules", "show", str(sid)) for sid in schedule_ids),
+            *(("reports", "deliveries", str(rid), "--json") for rid in report_ids),
+            *(("reports", "deliveries", str(rid)) for rid in report_ids),
+            ("reports", "show", str(report_ids[0]), "--json"),
+        ):
+            outputs.append(cli(*args))
+        for out in outputs:
+            assert all(s not in out for s in secrets), f"a secret in CLI output {out}"
+
+        with get_engine().connect() as conn:
+            for table in Base.metadata.sorted_tables:
+                text = repr([tuple(r) for r in conn.execute(sa.select(table)).all()])
+                assert all(s not in text for s in secrets), f"a secret in table {table.name}"
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(count=500):
+            value = client.get(key) if client.type(key) == b"string" else client.dump(key)
+            assert all(s not in repr(value) for s in secrets), f"a secret in redis key {key!r}"
+        commands = "\n".join(monitor.lines)
+        assert "mcp.deliver_report" in commands
+        assert all(s not in commands for s in secrets), "a secret in a command sent to Redis"
+        worker.stop()
+        log = worker.log()
+        assert "DEBUG" in log and "delivery" in log
+        assert all(s not in log for s in secrets), "a secret in the worker log"

@@ -7,15 +7,17 @@
     │   ├── ServerTimeout           connect or call took longer than its limit
     │   ├── ServerError             HTTP 5xx or an internal error reported by the server
     │   └── ExecutionHeld           another delivery holds the task's row longer than this one can wait
+    │       └── TaskPending         the call runs as an MCP task on the server: poll it again later
     └── PermanentError              retrying cannot help; the row says what to fix
         ├── ServiceNotFound         no service of that name for the user (nor a global one)
         ├── InvalidService          a service record that cannot be used as written
         ├── InvalidArguments        task arguments of the wrong shape, size or type
         ├── CommandNotAllowed       a stdio command the operator did not allow
-        ├── AuthenticationFailed    the MCP server refused the credentials
+        ├── AuthenticationFailed    the MCP server refused the credentials (or OAuth refused the client)
         ├── UnknownTool             the server has no tool of that name
         ├── ToolInputRejected       the tool's input schema rejected the arguments
         ├── ToolFailed              the tool ran and reported `isError`
+        ├── CallCancelled           an operator cancelled the call (never retried)
         ├── ProtocolError           the server answered something that is not MCP
         ├── TemplateError           a report template failed to compile or render
         └── TemplateNotFound        no template of that name in the database or the package
@@ -68,6 +70,10 @@ class ExecutionHeld(TransientError):
         return self.message
 
 
+class TaskPending(ExecutionHeld):
+    """The call runs as an MCP task on the server; the next delivery polls it (no slot held)."""
+
+
 class PermanentError(WorkerError):
     """A failure that retrying cannot fix: the task fails at once."""
 
@@ -98,7 +104,8 @@ class CommandNotAllowed(PermanentError):
 
 
 class AuthenticationFailed(PermanentError):
-    """The MCP server refused the service's credentials (401/403)."""
+    """The MCP server refused the service's credentials (401/403), or the OAuth authorization
+    server refused the service's client (invalid_client, ...)."""
 
 
 class UnknownTool(PermanentError):
@@ -111,6 +118,10 @@ class ToolInputRejected(PermanentError):
 
 class ToolFailed(PermanentError):
     """The tool ran and returned a result flagged `isError`."""
+
+
+class CallCancelled(PermanentError):
+    """An operator cancelled the call (`mcp-worker executions cancel`, a Celery revoke)."""
 
 
 class ProtocolError(PermanentError):

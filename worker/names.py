@@ -16,6 +16,7 @@ GENERATE_REPORT = "mcp.generate_report"
 DISPATCH_DUE_REPORTS = "mcp.dispatch_due_reports"
 PRUNE_OLD_RECORDS = "mcp.prune_old_records"
 REAP_STUCK_EXECUTIONS = "mcp.reap_stuck_executions"
+DELIVER_REPORT = "mcp.deliver_report"
 
 # Which queue each task runs on; a task not listed here runs on SCHEDULE_QUEUE.
-QUEUE_OF = {EXECUTE_TOOL: TOOLS_QUEUE, GENERATE_REPORT: REPORTS_QUEUE}
+QUEUE_OF = {EXECUTE_TOOL: TOOLS_QUEUE, GENERATE_REPORT: REPORTS_QUEUE, DELIVER_REPORT: REPORTS_QUEUE}

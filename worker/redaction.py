@@ -19,7 +19,8 @@ MASK = "***"
 # Shorter strings are too likely to occur by chance in ordinary text to be replaced safely.
 MIN_SECRET_LEN = 4
 _SECRET_KEY = re.compile(
-    r"(api[_-]?key|token|secret|password|passwd|authorization|auth[_-]?value|credential)", re.I
+    r"(api[_-]?key|token|secret|password|passwd|authorization|auth[_-]?value|credential|private[_-]?key)",
+    re.I,
 )
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
 

@@ -180,6 +180,19 @@ class Settings(BaseSettings):
     result_expires: int = env("MCP_RESULT_EXPIRES", 86400, ge=60)
     schedule_max_failures: int = env("MCP_SCHEDULE_MAX_FAILURES", 5, ge=1)
     retention_days: int = env("MCP_RETENTION_DAYS", 90, ge=0)
+    # Report delivery (worker.delivery). The SMTP URL may hold a password (repr off): smtp:// uses
+    # STARTTLS (required before a password is sent, except to a loopback host), smtps:// TLS.
+    smtp_url: str | None = env("MCP_SMTP_URL", repr=False)
+    smtp_from: str | None = env("MCP_SMTP_FROM")
+    smtp_timeout: float = env("MCP_SMTP_TIMEOUT", 30.0, gt=0)
+    # CA certificates the SMTP server's certificate is checked against (default: the system's).
+    smtp_ca_file: Folder | None = env("MCP_SMTP_CA_FILE")
+    webhook_timeout: float = env("MCP_WEBHOOK_TIMEOUT", 10.0, gt=0)
+    # A transient delivery failure (connection refused, timeout, 5xx, 429) is retried this many
+    # times, backing off exponentially from the first delay up to the cap (429's Retry-After wins).
+    delivery_max_retries: int = env("MCP_DELIVERY_MAX_RETRIES", 5, ge=0)
+    delivery_retry_backoff: float = env("MCP_DELIVERY_RETRY_BACKOFF_S", 30.0, ge=0)
+    delivery_retry_backoff_max: float = env("MCP_DELIVERY_RETRY_BACKOFF_MAX_S", 1800.0, ge=0)
     log_level: LogLevel = env("LOG_LEVEL", "INFO")
     log_format: LogFormat = env("LOG_FORMAT", "text")
 

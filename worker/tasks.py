@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Task, states
-from celery.exceptions import Ignore, WorkerLostError
+from celery.exceptions import Ignore, TaskRevokedError, WorkerLostError
 from celery.signals import task_postrun
 from celery.worker.request import Request
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -19,9 +19,11 @@ import worker.ops.lifecycle
 import worker.ops.logs  # noqa: F401  (connects the logging signals)
 from worker import fairness, names
 from worker.celery import app
-from worker.errors import ExecutionHeld, TransientError
+from worker.delivery.job import time_limit as delivery_time_limit
+from worker.delivery.request import ClaimFreeingRequest
+from worker.errors import CallCancelled, ExecutionHeld, TransientError
 from worker.execution import leases, slots
-from worker.execution.call import RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, run_tool_call
+from worker.execution.call import RESUME_HEADER, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, run_tool_call
 from worker.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,21 @@ def _run(task: Task, work: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
         outcome = work(task_id=task.request.id, final_attempt=_final_attempt(task), **kwargs)
     except ExecutionHeld as held:
         _defer(task, held)
+    except CallCancelled as cancelled:
+        _revoked(task, cancelled)
     return outcome.summary()
+
+
+# The task state while the server reports progress: meta is {"progress", "total", "message"}.
+PROGRESS_STATE = "PROGRESS"
+
+
+def _revoked(task: Task, cancelled: CallCancelled) -> NoReturn:
+    """The call was cancelled: the task ends REVOKED, as Celery's own revoke leaves it, and is
+    never retried (the row says `cancelled`)."""
+    logger.info("task %s cancelled: %s", task.request.id, cancelled)
+    task.update_state(state=states.REVOKED, meta=TaskRevokedError(str(cancelled)))
+    raise Ignore()
 
 
 # A call's end (success or final failure; not a retry, nor a re-queue for a slot, which Celery
@@ -119,8 +135,22 @@ def _count_off_ended_call(sender: Task | None = None, state: str | None = None, 
 def execute_tool(
     self: Task, user_id: str, service: str, tool: str, arguments: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Call `tool` on the user's `service`; the full result lives in `mcp_executions`."""
-    return _run(self, run_tool_call, user_id=user_id, service=service, tool=tool, arguments=arguments)
+    """Call `tool` on the user's `service`; the full result lives in `mcp_executions`. While the
+    server reports progress, the task's state is PROGRESS (throttled, `WATCH_INTERVAL_S`)."""
+
+    def report(update: Any) -> None:
+        self.update_state(state=PROGRESS_STATE, meta=update.as_dict())
+
+    return _run(
+        self,
+        run_tool_call,
+        user_id=user_id,
+        service=service,
+        tool=tool,
+        arguments=arguments,
+        on_progress=report,
+        resume=bool((self.request.headers or {}).get(RESUME_HEADER)),
+    )
 
 
 @app.task(
@@ -142,8 +172,10 @@ def generate_report(
     period: str | None = None,
     refine: bool | None = None,
     schedule_id: int | None = None,
+    deliver: bool | None = None,
 ) -> dict[str, Any]:
-    """Render (and optionally refine) the user's weekly report; returns the report id."""
+    """Render (and optionally refine) the user's weekly report; returns the report id. Its
+    deliveries (the schedule's channels, or with `deliver` the user's) are queued after it."""
     from worker.reports.job import generate_report as run_report
 
     return _run(
@@ -155,7 +187,34 @@ def generate_report(
         period=period,
         refine=refine,
         schedule_id=schedule_id,
+        deliver=deliver,
     )
+
+
+@app.task(
+    name=names.DELIVER_REPORT,
+    bind=True,
+    queue=names.REPORTS_QUEUE,
+    max_retries=_settings.delivery_max_retries,
+    soft_time_limit=delivery_time_limit(_settings),
+    time_limit=delivery_time_limit(_settings) + 30,
+    acks_late=True,
+    Request=ClaimFreeingRequest,
+)
+def deliver_report(self: Task, delivery_id: int) -> dict[str, Any]:
+    """Send one stored report through one channel (email, Slack, webhook) once; the delivery
+    row (`mcp_report_deliveries`) says how it went. Transient failures retry with backoff."""
+    from worker.delivery.errors import DeliveryUnavailable
+    from worker.delivery.job import deliver, retry_delay
+
+    try:
+        return _run(self, deliver, delivery_id=delivery_id)
+    except DeliveryUnavailable as exc:
+        delay = retry_delay(int(self.request.retries or 0), exc.retry_after, _settings)
+        raise self.retry(exc=exc, countdown=delay) from None
+    except (OperationalError, InterfaceError) as exc:
+        delay = retry_delay(int(self.request.retries or 0), None, _settings)
+        raise self.retry(exc=exc, countdown=delay) from None
 
 
 @app.task(

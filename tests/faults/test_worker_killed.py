@@ -44,7 +44,7 @@ WHOLE_WORKER_RECOVERY_S = 180.0
 # Longer than the test needs to see the call and kill its process (the test environment's call
 # timeout is 5 s: this one allows it).
 CALL_S = 6
-CHILD_KILL = {"MCP_CALL_TIMEOUT": CALL_S + 4}
+CHILD_KILL = {"MCP_CALL_TIMEOUT": CALL_S + 4, "MCP_CONNECT_TIMEOUT": 5}
 
 
 def test_a_pool_child_killed_mid_call_is_redelivered_into_the_same_row(

@@ -88,6 +88,16 @@ class McpExecution(Base):
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     lease_owner: Mapped[str | None] = mapped_column(sa.String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The server's latest `notifications/progress` (throttled), kept after the call ends.
+    progress: Mapped[float | None] = mapped_column(sa.Float)
+    progress_total: Mapped[float | None] = mapped_column(sa.Float)
+    progress_message: Mapped[str | None] = mapped_column(sa.String(500))
+    # Whether the result matched the tool's outputSchema (NULL: the tool declares none), and why not.
+    output_valid: Mapped[bool | None] = mapped_column(sa.Boolean)
+    output_error: Mapped[str | None] = mapped_column(sa.Text)
+    # A call run as an MCP task: the server's task id, and the input request it waits on (redacted).
+    server_task_id: Mapped[str | None] = mapped_column(sa.String(255))
+    input_request: Mapped[Any] = mapped_column(JSONType, nullable=True)
 
 
 class McpTemplate(Base):
@@ -163,5 +173,62 @@ class McpReportSchedule(Base):
     next_run_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
     disabled_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # Where each report goes (worker.delivery.channels); secret values encrypted (MCP_SECRET_KEY).
+    channels: Mapped[Any] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime | None] = _created()
     updated_at: Mapped[datetime | None] = _updated()
+
+
+class McpReportDelivery(Base):
+    """One report sent through one channel (an email address, a Slack or a signed webhook): the
+    unique (report, channel) key is claimed before sending, so the report is sent once."""
+
+    __tablename__ = "mcp_report_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("report_id", "channel_key", name="uq_mcp_report_deliveries_report_channel"),
+        sa.Index("idx_mcp_report_deliveries_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(
+        sa.Integer,
+        sa.ForeignKey("mcp_reports.id", ondelete="CASCADE", name="fk_mcp_report_deliveries_report"),
+        nullable=False,
+    )
+    channel: Mapped[str] = mapped_column(sa.String(20), nullable=False)
+    channel_key: Mapped[str] = mapped_column(sa.String(80), nullable=False)
+    # What the operator sees: an address, or a URL without its query (never a secret).
+    target: Mapped[str] = mapped_column(sa.String(500), nullable=False)
+    # The channel as configured when the report was stored; secret values encrypted (MCP_SECRET_KEY).
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, server_default=sa.text("'{}'"))
+    status: Mapped[str] = mapped_column(sa.String(20), nullable=False, server_default=sa.text("'pending'"))
+    attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    response_code: Mapped[int | None] = mapped_column(sa.Integer)
+    message_id: Mapped[str | None] = mapped_column(sa.String(255))
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(255))
+    claimed_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime | None] = _created()
+
+
+class McpOAuthToken(Base):
+    """An OAuth access token the worker obtained for one credential (issuer, client, scopes,
+    resource, client secret digest), encrypted like `McpService.api_key`; its row is also the
+    cross-process lock for fetching it (`worker.oauth.tokens`)."""
+
+    __tablename__ = "mcp_oauth_tokens"
+    __table_args__ = (sa.Index("idx_mcp_oauth_tokens_key", "credential_key", unique=True),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    credential_key: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    issuer: Mapped[str] = mapped_column(sa.String(1024), nullable=False)
+    client_id: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    scopes: Mapped[str] = mapped_column(sa.String(1024), nullable=False, server_default=sa.text("''"))
+    resource: Mapped[str | None] = mapped_column(sa.String(1024))
+    access_token: Mapped[str | None] = mapped_column(sa.Text)
+    token_type: Mapped[str | None] = mapped_column(sa.String(50))
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    fetched_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    token_requests: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default=sa.text("0"))
+    created_at: Mapped[datetime | None] = _created()
