@@ -54,10 +54,13 @@ def _claim_free_db() -> int:
 
 
 def _claim_redis_db() -> int:
-    """TEST_REDIS_DB when set, else the first database no other live run holds (0 if Redis is down:
+    """TEST_REDIS_DB (plus the parallel process's number) when set, else the first database no other
+    live run holds (0 if Redis is down:
     the session start then reports Redis as unreachable)."""
     if os.environ.get("TEST_REDIS_DB"):
-        return int(os.environ["TEST_REDIS_DB"])
+        # Parallel test processes (pytest-xdist's gw0, gw1, ...) take the ones after it.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        return int(os.environ["TEST_REDIS_DB"]) + int(worker.removeprefix("gw") or 0)
     import redis
 
     try:
