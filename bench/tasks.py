@@ -27,10 +27,12 @@ from celery import Task
 from bench.clients import TOOL, client_for, result_text
 from worker import mcp, names
 from worker.celery import app
+from worker.errors import ExecutionHeld
 from worker.execution.call import run_tool_call
 from worker.mcp import ToolOutcome
 from worker.services.config import ServiceConfig
 from worker.services.registry import resolve
+from worker.tasks import _defer
 
 _configs: dict[tuple[str, str], ServiceConfig] = {}
 _local = threading.local()
@@ -99,12 +101,15 @@ def _answered_in_process() -> Iterator[None]:
 def rows_only(self: Task, user_id: str, service: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """`mcp.execute_tool`'s code path with the MCP call answered in process."""
     with _answered_in_process():
-        outcome = run_tool_call(
-            task_id=self.request.id,
-            user_id=user_id,
-            service=service,
-            tool=tool,
-            arguments=arguments,
-            final_attempt=True,
-        )
+        try:
+            outcome = run_tool_call(
+                task_id=self.request.id,
+                user_id=user_id,
+                service=service,
+                tool=tool,
+                arguments=arguments,
+                final_attempt=True,
+            )
+        except ExecutionHeld as held:  # no slot free: re-queued, as `mcp.execute_tool` does
+            _defer(self, held)
     return outcome.summary()

@@ -107,8 +107,14 @@ def test_a_call_that_finds_no_slot_waits_then_is_told_to_requeue(client: redis.R
         pass
 
 
-def test_no_more_threads_wait_for_a_service_than_it_has_slots(client: redis.Redis) -> None:
-    settings = Settings.from_env({"CELERY_BROKER_URL": BROKER_URL, "MCP_SLOT_WAIT_S": "5"})
+def test_no_more_threads_wait_for_a_service_than_allowed(client: redis.Redis) -> None:
+    # Two threads: one may wait for the service's one slot (half the threads, or its limit).
+    settings = Settings.from_env(
+        {"CELERY_BROKER_URL": BROKER_URL, "MCP_SLOT_WAIT_S": "5", "MCP_TOOLS_CONCURRENCY": "2"}
+    )
+    assert slots.waiters_allowed(1, settings) == 1
+    assert slots.waiters_allowed(1, Settings.from_env({"MCP_TOOLS_CONCURRENCY": "200"})) == 100
+    assert slots.waiters_allowed(150, Settings.from_env({"MCP_TOOLS_CONCURRENCY": "200"})) == 150
     limited = config(max_concurrency=1)
     waiting = threading.Event()
     outcome: list[BaseException] = []

@@ -106,12 +106,12 @@ class Slots:
         return True
 
     @contextmanager
-    def waiting(self, key: str, limit: int) -> Iterator[bool]:
-        """Whether this thread may wait for one of the service's slots: at most `limit` threads of
-        a process wait for the same service (more could never all get a slot, and each one waiting
-        is a thread another user's call could run on); the others try once and are re-queued."""
+    def waiting(self, key: str, most: int) -> Iterator[bool]:
+        """Whether this thread may wait for one of the service's slots: at most `most` threads of a
+        process wait for the same service (`waiters_allowed`); the others try once and are
+        re-queued."""
         with self._lock:
-            allowed = self._waiting.get(key, 0) < limit
+            allowed = self._waiting.get(key, 0) < most
             if allowed:
                 self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
@@ -168,6 +168,14 @@ def slots_for(settings: Settings) -> Slots | None:
         return _state[url]
 
 
+def waiters_allowed(limit: int, settings: Settings) -> int:
+    """How many threads of a process may wait for one service's slots: its limit, or half the
+    tools worker's threads if that is more. Calls to a fast service wait briefly and keep their
+    turn; one slow service's backlog holds at most half the threads, so the other half still runs
+    other users' calls at once (`worker.fairness` puts those ahead in the queue)."""
+    return max(limit, settings.tools_concurrency // 2)
+
+
 @contextmanager
 def held(config: ServiceConfig, token: str, settings: Settings) -> Iterator[None]:
     """Hold one of the service's slots for the block, waiting up to MCP_SLOT_WAIT_S for one.
@@ -183,7 +191,7 @@ def held(config: ServiceConfig, token: str, settings: Settings) -> Iterator[None
     limit = max_concurrency_of(config, settings)
     key = key_of(config)
     try:
-        with slots.waiting(key, limit) as may_wait:
+        with slots.waiting(key, waiters_allowed(limit, settings)) as may_wait:
             wait = settings.slot_wait_seconds if may_wait else 0.0
             _wait_for_slot(slots, key, token, limit, wait, config.desc)
     except redis.RedisError as exc:
