@@ -5,33 +5,6 @@ The tests live in `fault_helpers.py`'s world: real workers, real brokers, real M
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from fault_helpers import engine, procs, redis_server
 
-import pytest
-import sqlalchemy as sa
-from fault_helpers import Procs, RedisServer
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    """Processes of this test; every one is SIGKILLed by process group when the test ends."""
-    started = Procs(tmp_path / "logs")
-    try:
-        yield started
-    finally:
-        started.cleanup()
-
-
-@pytest.fixture
-def redis_server(procs: Procs, tmp_path: Path) -> RedisServer:
-    """A private redis-server (no persistence) for this test's worker and producer."""
-    return RedisServer(procs, tmp_path).start()
-
-
-@pytest.fixture
-def engine() -> sa.Engine:
-    """The run's throwaway database (TEST_DB_URL), where the workers write their rows."""
-    from worker.db.engine import get_engine
-
-    return get_engine()
+__all__ = ["engine", "procs", "redis_server"]

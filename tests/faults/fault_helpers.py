@@ -21,12 +21,13 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery
@@ -499,3 +500,31 @@ class Sent:
 
     ok: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- fixtures
+# Shared by tests/faults and tests/progress: their conftests import them.
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Processes of this test; every one is SIGKILLed by process group when the test ends."""
+    started = Procs(tmp_path / "logs")
+    try:
+        yield started
+    finally:
+        started.cleanup()
+
+
+@pytest.fixture
+def redis_server(procs: Procs, tmp_path: Path) -> RedisServer:
+    """A private redis-server (no persistence) for this test's worker and producer."""
+    return RedisServer(procs, tmp_path).start()
+
+
+@pytest.fixture
+def engine() -> sa.Engine:
+    """The run's throwaway database (TEST_DB_URL), where the workers write their rows."""
+    from worker.db.engine import get_engine
+
+    return get_engine()

@@ -4,40 +4,21 @@ and private redis-server, and server-everything over streamable HTTP."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from progress_helpers import everything_binary
 
-from fault_helpers import Procs, RedisServer  # isort: skip  (importable once progress_helpers ran)
+import fault_helpers  # isort: skip  (importable once progress_helpers ran)
+from fault_helpers import Procs  # isort: skip
 from processes import free_port, wait_until
 
 from worker.processes import port_open
 
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    """Processes of this test; every one is SIGKILLed by process group when the test ends."""
-    started = Procs(tmp_path / "logs")
-    try:
-        yield started
-    finally:
-        started.cleanup()
-
-
-@pytest.fixture
-def redis_server(procs: Procs, tmp_path: Path) -> RedisServer:
-    """A private redis-server for this test's worker and producer."""
-    return RedisServer(procs, tmp_path).start()
-
-
-@pytest.fixture
-def engine() -> sa.Engine:
-    from worker.db.engine import get_engine
-
-    return get_engine()
+# The fault tests' fixtures: this test's processes, a private redis-server, the run's engine.
+engine = fault_helpers.engine
+procs = fault_helpers.procs
+redis_server = fault_helpers.redis_server
 
 
 @pytest.fixture
