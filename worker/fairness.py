@@ -59,13 +59,12 @@ def _client(broker_url: str) -> redis.Redis | None:
         return _clients[broker_url]
     with _lock:
         if broker_url not in _clients:
-            _clients[broker_url] = None
+            client = None
             if broker_url.split("://", 1)[0] in ("redis", "rediss", "unix"):
                 import redis
 
-                _clients[broker_url] = redis.Redis.from_url(
-                    broker_url, socket_timeout=2, socket_connect_timeout=2
-                )
+                client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+            _clients[broker_url] = client  # whole, once: readers take no lock
         return _clients[broker_url]
 
 
