@@ -12,6 +12,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 from worker.processes import Child, free_port, spawn, start_listening, wait_until
 
@@ -204,3 +208,47 @@ def start_flower(log_dir: Path, env: Mapping[str, str], auth: str) -> tuple[Proc
         proc.kill_group()
         raise
     return proc, base
+
+
+# ---------------------------------------------------------------- shared test pieces
+
+EVERYTHING = (
+    Path(__file__).resolve().parents[1]
+    / ".cache"
+    / "node"
+    / "node_modules"
+    / ".bin"
+    / "mcp-server-everything"
+)
+INSTALL_HINT = "run scripts/install-test-servers.sh (needs node >= 18 and npm)"
+
+
+def everything_binary() -> Path:
+    """server-everything's executable; fails (never skips) when it is not installed."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("node") is None:
+        pytest.fail(f"node is not installed; {INSTALL_HINT}")
+    if not EVERYTHING.exists():
+        pytest.fail(f"{EVERYTHING} is missing; {INSTALL_HINT}")
+    return EVERYTHING
+
+
+def producer_app(broker_url: str, name: str = "producer") -> Celery:
+    """A producer that knows nothing but the broker (as an app would). CELERY_BROKER_URL in this
+    process's environment (the session broker) beats `broker=`; the read/write URLs do not."""
+    import uuid
+
+    from celery import Celery
+
+    app = Celery(f"{name}-{uuid.uuid4().hex[:6]}", set_as_current=False)
+    app.conf.update(
+        broker_read_url=broker_url,
+        broker_write_url=broker_url,
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+    )
+    return app

@@ -17,11 +17,10 @@ from delivery_helpers import (
     SMTP_PASSWORD,
     SMTP_USER,
     DeliveryWorker,
-    producer,
 )
 from fakes.smtp_server import SmtpServer
 from fakes.webhook_receiver import WebhookReceiver
-from processes import start_worker
+from processes import producer_app, start_worker
 from testenv import LOG_DIR, extra_redis_url
 
 from worker import names
@@ -47,7 +46,7 @@ def delivery_worker() -> Iterator[DeliveryWorker]:
         env,
         queues=f"{names.REPORTS_QUEUE},{names.SCHEDULE_QUEUE},{names.TOOLS_QUEUE}",
     )
-    app = producer(broker)
+    app = producer_app(broker, "delivery-tests")
     yield DeliveryWorker(proc, env, broker, port, app)
     app.close()
     proc.stop()

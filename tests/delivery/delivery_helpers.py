@@ -55,20 +55,6 @@ class DeliveryWorker:
         return task_id
 
 
-def producer(broker: str) -> Celery:
-    """A producer that knows nothing but the broker (CELERY_BROKER_URL in this process's
-    environment names the session broker and would win over `broker=`)."""
-    app = Celery(f"delivery-tests-{uuid.uuid4().hex[:6]}", set_as_current=False)
-    app.conf.update(
-        broker_read_url=broker,
-        broker_write_url=broker,
-        task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-    )
-    return app
-
-
 def stored_report(user: str = "dana", content: str | None = None, period: str = "2026-W47") -> int:
     """A report row as the report job stores it (what a delivery reads)."""
     text = content or f"# Demo Weekly Report\n\n**Week**: {period}\n\n- #1 Ship it (In progress)\n"

@@ -31,7 +31,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery
-from processes import Proc, free_port, spawn, wait_until
+from processes import Proc, free_port, producer_app, spawn, wait_until
 from sqlalchemy.orm import Session
 from testenv import RUN_ID, TEST_DB_URL
 
@@ -242,17 +242,8 @@ def worker_env(broker_url: str, database_url: str = TEST_DB_URL, **settings: obj
 
 
 def celery_app(broker_url: str) -> Celery:
-    """A producer that knows nothing but the broker (as an app would)."""
-    app = Celery(f"faults-{uuid.uuid4().hex[:6]}", set_as_current=False)
-    # CELERY_BROKER_URL / CELERY_RESULT_BACKEND in this process's environment (the session
-    # broker) beat `broker=`/`backend=`; the read/write URLs and the backend class do not.
-    app.conf.update(
-        broker_read_url=broker_url,
-        broker_write_url=broker_url,
-        task_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-    )
+    """A producer that knows nothing but the broker (as an app would), its results there too."""
+    app = producer_app(broker_url, "faults")
     app.backend_cls = broker_url
     return app
 

@@ -16,24 +16,13 @@ from pathlib import Path
 
 import pytest
 from mcp_helpers import make_settings, service
+from processes import everything_binary
 
 from worker import mcp
 from worker.errors import ToolInputRejected, UnknownTool
 from worker.processes import port_open, wait_until
 from worker.services.config import ServiceConfig
 from worker.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
-EVERYTHING = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "mcp-server-everything"
-INSTALL_HINT = "run scripts/install-test-servers.sh (needs node >= 18 and npm)"
-
-
-def everything_binary() -> Path:
-    if shutil.which("node") is None:
-        pytest.fail(f"node is not installed; {INSTALL_HINT}")
-    if not EVERYTHING.exists():
-        pytest.fail(f"{EVERYTHING.relative_to(ROOT)} is missing; {INSTALL_HINT}")
-    return EVERYTHING
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import progress_helpers  # noqa: F401  (puts tests/faults on the path)
 import pytest
-from progress_helpers import everything_binary
 
 import fault_helpers  # isort: skip  (importable once progress_helpers ran)
 from fault_helpers import Procs  # isort: skip
-from processes import free_port, wait_until
+from processes import everything_binary, free_port, wait_until
 
 from worker.processes import port_open
 

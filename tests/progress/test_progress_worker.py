@@ -25,8 +25,7 @@ from fault_helpers import (
     wait_final,
     worker_env,
 )
-from processes import wait_until
-from progress_helpers import everything_binary
+from processes import everything_binary, wait_until
 
 from worker.client import submit_tool
 from worker.settings import reset_settings

@@ -28,8 +28,7 @@ from fault_helpers import (
     wait_final,
     worker_env,
 )
-from processes import free_port, wait_until
-from progress_helpers import everything_binary
+from processes import everything_binary, free_port, wait_until
 
 from worker import mcp
 from worker.client import submit_tool
