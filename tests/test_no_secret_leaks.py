@@ -29,7 +29,7 @@ from testenv import LOG_DIR, OPENAI_TEST_KEY, RUN_ID, extra_redis_url
 
 from worker.client import submit_report, submit_tool
 from worker.db.engine import get_engine, session_scope
-from worker.db.models import Base
+from worker.db.models import Base, McpExecution
 from worker.execution import audit
 from worker.services.store import save_service
 
@@ -108,7 +108,7 @@ def final(task_id: str) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         with session_scope() as session:
             row = audit.get(session, task_id)
-            if row is not None and row.status in ("success", "error"):
+            if row is not None and row.status in ("success", "error", "input_required"):
                 return audit.as_dict(row)
         return None
 
@@ -198,6 +198,9 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
         ("ok", "echo", {"message": "hello"}, "success"),
         ("ok", "whoami", {}, "success"),
         ("stdio", "whoami", {}, "success"),
+        # The server repeats the key in its progress and its input request: the row keeps neither.
+        ("ok", "repeat_credential", {}, "input_required"),
+        ("stdio", "repeat_credential", {}, "input_required"),
         ("ok", "no_such_tool", {}, "error"),
         ("ok", "fetch_weekly_report", {"project_id": "x"}, "error"),
         ("stdio", "fail", {"message": "upstream refused"}, "error"),
@@ -213,6 +216,17 @@ def test_the_api_key_appears_nowhere(leak_env: dict[str, Any], openai_fake: Any)
     failed_refine = submit_report(USER, "ok", period="2026-W46", refine=True, app=app).id
     for task_id, expected in [*task_ids, (failed_refine, "success")]:
         assert final(task_id)["status"] == expected, final(task_id)
+    with get_engine().connect() as conn:
+        repeated = conn.execute(
+            sa.select(McpExecution.progress_message, McpExecution.input_request).where(
+                McpExecution.user_id == USER, McpExecution.tool_name == "repeat_credential"
+            )
+        ).all()
+    # Both rows kept what the server said, with the key masked: the redaction ran, not a drop.
+    assert len(repeated) == 2
+    for message, request in repeated:
+        assert message == "signed in as ***", message
+        assert "Go on as ***?" in repr(request), request
     ISSUED_TOKENS.extend(world.issued())
     assert len(ISSUED_TOKENS) >= 2
 

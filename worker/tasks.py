@@ -6,12 +6,13 @@ Names are the producer contract (DESIGN.md); payloads are JSON and carry no secr
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Task, states
 from celery.exceptions import Ignore, TaskRevokedError, WorkerLostError
-from celery.signals import task_postrun
+from celery.signals import task_postrun, task_revoked
 from celery.worker.request import Request
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -22,7 +23,7 @@ from worker.celery import app
 from worker.delivery.job import time_limit as delivery_time_limit
 from worker.delivery.request import ClaimFreeingRequest
 from worker.errors import CallCancelled, ExecutionHeld, TransientError
-from worker.execution import leases, slots
+from worker.execution import cancel, leases, slots
 from worker.execution.call import RESUME_HEADER, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, run_tool_call
 from worker.settings import get_settings
 
@@ -121,6 +122,35 @@ def _count_off_ended_call(sender: Task | None = None, state: str | None = None, 
     request = sender.request
     if (request.headers or {}).get(fairness.FAIR_HEADER) and isinstance(request.kwargs, dict):
         fairness.count_off(str(request.kwargs.get("user_id")), _settings.broker_url)
+
+
+@task_revoked.connect
+def _end_revoked_call(
+    sender: Task | None = None, request: Any = None, expired: bool = False, **_: Any
+) -> None:
+    """A delivery of `mcp.execute_tool` that Celery dropped as revoked (Flower, `celery control
+    revoke`) when it came due: a retry's countdown, or the next poll of a server's MCP task. No
+    call runs that row, so it ends `cancelled` now, and the server's task is cancelled too, off
+    the consumer's thread (the server may take its time to answer)."""
+    if sender is None or sender.name != names.EXECUTE_TOOL or request is None:
+        return
+    task_id = str(request.id)
+    why = (
+        "CallCancelled: the task expired before it ran again"
+        if expired
+        else "CallCancelled: the task was revoked"
+    )
+
+    def end() -> None:
+        try:
+            ended, server_task = cancel.end_idle(task_id, why)
+        except Exception:
+            logger.exception("could not end the row of revoked task %s; the reaper ends it", task_id)
+            return
+        if ended:
+            logger.info("task %s was revoked; its row is cancelled (server task: %s)", task_id, server_task)
+
+    threading.Thread(target=end, name=f"revoked-{task_id}", daemon=True).start()
 
 
 @app.task(

@@ -1,10 +1,14 @@
 """Long-running calls as MCP tasks: server-everything's `simulate-research-query` (task support
-"required") on the production tools worker. The worker starts the call as a task, records the
-server's task id on the row, and polls it by re-sending itself with a countdown (no worker slot or
-thread held between polls) until `tasks/result` gives the report: one row, one attempt. And a
-worker SIGKILLed between polls: a new one resumes polling from the row, and the server's task is
-not started twice (against tests/progress/task_server.py, whose tasks outlive a session;
-server-everything keeps its tasks per session, which a killed worker's session takes along)."""
+"required") on the production tools worker (two processes).
+
+Over streamable HTTP the worker starts the call as a task, records the server's task id and the
+HTTP session it lives in (server-everything keeps tasks per session) on the row, and polls it by
+re-sending itself with a countdown (no worker slot or thread held between polls), from whichever
+process, in that session, until `tasks/result` gives the report: one row, one attempt. A worker
+SIGKILLed between polls: a new one resumes polling from the row, and a counting proxy in front of
+the server sees the task started once. Over stdio a task lives in the child's connection, which
+no other process can reach: it is polled on that connection within the call.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx2
 import pytest
 import sqlalchemy as sa
 from fault_helpers import (
@@ -38,6 +43,7 @@ from worker.settings import reset_settings
 
 FINAL_TIMEOUT_S = 90.0
 TASK_SERVER = Path(__file__).with_name("task_server.py")
+COUNTING_PROXY = Path(__file__).with_name("counting_proxy.py")
 MCP_WORKER = str(Path(sys.executable).parent / "mcp-worker")
 
 
@@ -63,9 +69,7 @@ def test_a_task_based_tool_completes_through_the_tasks_path(
     url = (
         f"{everything_binary()} stdio" if transport == "stdio" else request.getfixturevalue("everything_http")
     )
-    # One process: server-everything keeps its tasks per session (per stdio child), and without
-    # `worker_direct` a poll may land on any process of the worker (see docs/mcp-tasks.md).
-    worker = start_tools_worker(procs, "tasks", worker_env(redis_server.url(), MCP_TOOLS_PROCESSES=1))
+    worker = start_tools_worker(procs, "tasks", worker_env(redis_server.url()))
     user = unique("tasks")
     add_service(engine, user, "everything", transport, url)
 
@@ -74,13 +78,87 @@ def test_a_task_based_tool_completes_through_the_tasks_path(
 
     assert row["status"] == "success", row["error_message"]
     assert "Research Report: tides" in row["result"][0]
-    assert row["server_task_id"]
     assert row["attempts"] == 1
     assert result.get(timeout=30)["status"] == "success"
-    # Started once, then polled: the log names one start and at least one poll.
+    assert len(rows(engine, [result.id])) == 1
+    if transport == "stdio":
+        # Started once and followed on the child's connection, within the one delivery.
+        assert worker.log().count("simulate-research-query runs as the server's task") == 1
+        assert "polled on its connection" in worker.log()
+        assert row["server_task_id"] is None
+        return
+    # Started once, then polled by later deliveries, in the session it was started in.
+    assert row["server_task_id"]
     assert worker.log().count(f"runs as the server's task {row['server_task_id']}") == 1
     assert "deferring this delivery" in worker.log()
-    assert len(rows(engine, [result.id])) == 1
+
+
+def test_a_research_task_survives_a_worker_killed_between_polls(
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine, everything_http: str
+) -> None:
+    """server-everything over streamable HTTP, behind a proxy that counts the task starts: the
+    worker is SIGKILLed once the row holds the server's task id; a new one polls it, in the
+    session the row names, to its end: one row, one attempt, one start at the server."""
+    proxy = _counting_proxy(procs, everything_http)
+    # A short visibility timeout: the killed worker's unacked poll comes back within seconds.
+    env = worker_env(redis_server.url(), MCP_VISIBILITY_TIMEOUT=5)
+    first = start_tools_worker(procs, "research-kill", env)
+    user = unique("research-kill")
+    add_service(engine, user, "everything", "streamable_http", f"{proxy}/mcp")
+
+    result = submit_tool(user, "everything", "simulate-research-query", {"topic": "tides"}, app=first.app)
+    started = wait_until(
+        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
+        60,
+        "the row to hold the server's task id",
+        interval=0.05,
+    )
+    kill_proc(first.proc)
+    second = start_tools_worker(procs, "research-kill-2", env)
+    row = wait_final(engine, [result.id], FINAL_TIMEOUT_S, second.tail)[result.id]
+
+    assert row["status"] == "success", row["error_message"]
+    assert "Research Report: tides" in row["result"][0]
+    assert (row["server_task_id"], row["attempts"]) == (started, 1)
+    assert row_counts(engine, [result.id]) == {result.id: 1}
+    assert f"runs as the server's task {started}" not in second.log()
+    counts = httpx2.get(f"{proxy}/counts", timeout=10).json()
+    assert counts["task_calls"] == 1, counts
+    # The new worker spoke in the row's session: it opened none of its own to poll.
+    assert counts["initializes"] == 1, counts
+
+
+def test_a_session_that_started_a_task_is_kept_at_the_server_when_the_worker_closes_it(
+    procs: Procs, everything_http: str
+) -> None:
+    """The runtime in this process: closing a plain session ends it at the server (`DELETE`);
+    closing the one that started a task does not, and a new runtime still polls the task in it."""
+    proxy = _counting_proxy(procs, everything_http)
+    plain = _probe(f"{proxy}/mcp", api_key="plain")
+    tasked = _probe(f"{proxy}/mcp", api_key="tasked")  # another credential: its own session
+    try:
+        assert mcp.call_tool(plain, "echo", {"message": "hi"}).is_error is False
+        started = mcp.start_tool(tasked, "simulate-research-query", {"topic": "tides"})
+        assert isinstance(started, mcp.TaskStarted)
+        assert started.session is not None
+        mcp.shutdown_runtime()
+        assert httpx2.get(f"{proxy}/counts", timeout=10).json()["deletes"] == 1
+
+        polled = mcp.poll_task(tasked, "simulate-research-query", started.task_id, session=started.session)
+        assert polled.status in ("working", "completed"), polled
+    finally:
+        mcp.shutdown_runtime()
+    counts = httpx2.get(f"{proxy}/counts", timeout=10).json()
+    # The poll spoke in the task's session: no new handshake, and closing it ended nothing.
+    assert (counts["initializes"], counts["deletes"], counts["task_calls"]) == (2, 1, 1), counts
+
+
+def _counting_proxy(procs: Procs, upstream: str) -> str:
+    port = free_port()
+    argv = [sys.executable, str(COUNTING_PROXY), "--port", str(port), "--upstream", upstream]
+    proxy = procs.spawn(f"counting-proxy-{port}", argv)
+    wait_until(lambda: port_open(port) or not proxy.alive(), 30, "the counting proxy to listen")
+    return f"http://127.0.0.1:{port}"
 
 
 def test_a_task_survives_a_worker_killed_between_polls(
@@ -116,14 +194,14 @@ def test_a_task_survives_a_worker_killed_between_polls(
     assert f"runs as the server's task {started}" not in second.log()
 
 
-def _probe(url: str) -> ServiceConfig:
+def _probe(url: str, api_key: str = "") -> ServiceConfig:
     return ServiceConfig(
         user_id="probe",
         desc="probe",
         mode="streamable_http",
         url=url,
         endpoint=None,
-        api_key="",
+        api_key=api_key,
         params={},
         auth={},
     )
@@ -161,6 +239,43 @@ def test_cancelling_a_call_between_polls_cancels_the_servers_task(
     wait_until(lambda: result.state == "REVOKED", 60, "the task state REVOKED", interval=0.2)
     row = rows(engine, [result.id])[result.id]
     assert (row["status"], row["attempts"]) == ("cancelled", 1)
+
+
+def test_a_revoke_between_polls_ends_the_row_and_cancels_the_servers_task(
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine
+) -> None:
+    """Celery's own revoke (as Flower sends it), not the CLI: the next poll comes due revoked, so
+    the worker ends the row `cancelled` and cancels the server's task."""
+    url = _task_server(procs, task_seconds=120, poll_ms=1000)
+    worker = start_tools_worker(procs, "tasks-revoke", worker_env(redis_server.url()))
+    user = unique("tasks-revoke")
+    add_service(engine, user, "slow", "streamable_http", url)
+    result = submit_tool(user, "slow", "slow_report", {"topic": "tides"}, app=worker.app)
+    started = wait_until(
+        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
+        60,
+        "the row to hold the server's task id",
+        interval=0.1,
+    )
+
+    worker.app.control.revoke(result.id)
+
+    wait_until(
+        lambda: rows(engine, [result.id])[result.id]["status"] == "cancelled",
+        FINAL_TIMEOUT_S,
+        "the row to say cancelled",
+        interval=0.2,
+    )
+    row = rows(engine, [result.id])[result.id]
+    assert row["attempts"] == 1
+    assert "revoked" in row["error_message"]
+    wait_until(
+        lambda: mcp.call_tool(_probe(url), "task_starts", {}).result["cancelled"] == [started],
+        30,
+        "the server's task to be cancelled",
+        interval=0.2,
+    )
+    assert mcp.call_tool(_probe(url), "task_starts", {}).result["starts"] == 1
 
 
 def _task_server(procs: Procs, *, task_seconds: float, poll_ms: int = 3000) -> str:

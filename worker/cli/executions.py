@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from worker.cli.output import print_json, print_table
 from worker.db.engine import autocommit, session_scope
 from worker.db.models import McpExecution
-from worker.errors import InvalidArguments, WorkerError
-from worker.execution import audit, cancel, pauses
+from worker.errors import InvalidArguments
+from worker.execution import audit, pauses
 from worker.settings import get_settings
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.I)
@@ -161,31 +161,14 @@ def _row_status(task_id: str) -> str | None:
         return row.status if row is not None else None
 
 
-def _cancel_server_task(task_id: str) -> str | None:
-    """A call that ran as an MCP task between two polls: ask the server to cancel the task too.
-    Returns what the server says of it, or why it could not be told (the row is cancelled anyway)."""
-    from worker import mcp
-    from worker.services import registry
-
-    with session_scope() as session:
-        row = audit.get(session, task_id)
-        if row is None or row.server_task_id is None:
-            return None
-        user, desc, server_task = row.user_id, row.tool_desc, row.server_task_id
-    try:
-        return mcp.cancel_task(registry.resolve(user, desc), server_task)
-    except WorkerError as exc:
-        return f"not told: {type(exc).__name__}: {exc}"
-    finally:
-        mcp.shutdown_runtime()
-
-
 def _cancel(args: argparse.Namespace) -> int:
     """Signal every worker (a Redis key and a Celery revoke), end a row no call runs at once, and
     wait for a running one to stop. Exit 0 once the row says `cancelled` (or the task had not
     started: the revoke drops it), 1 when the call had already ended, 2 when it did not stop in
     time."""
+    from worker import mcp
     from worker.celery import app
+    from worker.execution import cancel  # with the MCP runtime: only this command needs it
 
     task_id = args.task_id.strip()
     if not task_id:
@@ -199,8 +182,10 @@ def _cancel(args: argparse.Namespace) -> int:
     cancel.request(task_id, get_settings())
     app.control.revoke(task_id)
     message = "CallCancelled: cancelled by an operator (mcp-worker executions cancel) before it ran again"
-    idle = autocommit(lambda connection: pauses.cancel(connection, task_id, message=message))
-    server_task = _cancel_server_task(task_id) if idle else None
+    try:
+        _, server_task = cancel.end_idle(task_id, message)
+    finally:
+        mcp.shutdown_runtime()
     deadline = time.monotonic() + max(args.timeout, 0.0)
     while (status := _row_status(task_id)) == audit.Status.RUNNING and time.monotonic() < deadline:
         time.sleep(CANCEL_POLL_S)

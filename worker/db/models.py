@@ -95,8 +95,10 @@ class McpExecution(Base):
     # Whether the result matched the tool's outputSchema (NULL: the tool declares none), and why not.
     output_valid: Mapped[bool | None] = mapped_column(sa.Boolean)
     output_error: Mapped[str | None] = mapped_column(sa.Text)
-    # A call run as an MCP task: the server's task id, and the input request it waits on (redacted).
+    # A call run as an MCP task: the server's task id, the streamable HTTP session it lives in
+    # (`worker.mcp.ServerSession` as JSON; never shown), and the input request it waits on (redacted).
     server_task_id: Mapped[str | None] = mapped_column(sa.String(255))
+    server_session: Mapped[Any] = mapped_column(JSONType, nullable=True)
     input_request: Mapped[Any] = mapped_column(JSONType, nullable=True)
 
 

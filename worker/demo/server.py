@@ -248,6 +248,18 @@ def _add_long_call_tools(server: MCPServer) -> None:
         )
         return types.InputRequiredResult(input_requests={"confirm": ask}, request_state=f"delete:{item}")
 
+    @server.tool(structured_output=False)
+    async def repeat_credential(ctx: Context) -> types.InputRequiredResult:
+        """What a careless server does: repeat the credential it received in its progress and in
+        an input request (the no-leak test checks the worker keeps neither)."""
+        credential = _header_credential(ctx.headers) or os.environ.get("MCP_SERVICE_API_KEY") or ""
+        await ctx.report_progress(1, 2, f"signed in as {credential}")
+        schema = {"type": "object", "properties": {"go_on": {"type": "boolean"}}}
+        ask = types.ElicitRequest(
+            params=types.ElicitRequestFormParams(message=f"Go on as {credential}?", requested_schema=schema)
+        )
+        return types.InputRequiredResult(input_requests={"go_on": ask}, request_state="asked")
+
     @server.tool()
     def mismatched_output(count: int) -> dict[str, Any]:
         """Answer {"count": "<count as text>"}, though the outputSchema says an integer."""

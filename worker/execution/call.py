@@ -334,15 +334,14 @@ def _reach(
     """
     with slots.held(config, task_id, settings):
         if row.server_task_id is not None:
-            outcome = pending.poll(config, name, row.server_task_id, task_id, owner, settings)
-        else:
-            answers, state = pending.answers(task_id) if resume else (None, None)
-            started = mcp.start_tool(
-                config, name, merged, settings=settings, watch=watch, answers=answers, request_state=state
-            )
-            outcome = pending.settled(started, task_id, owner, row.id, config)
-    watch.flush(final=True)
-    return outcome
+            return pending.poll(config, name, row.server_task_id, task_id, owner, settings)
+        answers, state = pending.answers(task_id) if resume else (None, None)
+        started = mcp.start_tool(
+            config, name, merged, settings=settings, watch=watch, answers=answers, request_state=state
+        )
+        # While this delivery still holds the row: settling a pause lets go of it.
+        watch.flush(final=True)
+        return pending.settled(started, task_id, owner, row.id, config)
 
 
 def _record_cancel(task_id: str, owner: str, started: float, cancelled: CallCancelled) -> None:

@@ -53,23 +53,35 @@ def await_task(
     server_task_id: str,
     message: str | None,
     poll_within: float,
+    server_session: dict[str, str] | None = None,
 ) -> bool:
-    """The call runs as the server's task `server_task_id`: keep its id, let go of the row (no
-    process holds it between polls) and expect the next poll within `poll_within` seconds (or
-    `mark_stuck` ends it). Only while `owner` holds the lease; returns whether it did."""
+    """The call runs as the server's task `server_task_id`: keep its id (and, when it was just
+    started, the `server_session` it lives in), let go of the row (no process holds it between
+    polls) and expect the next poll within `poll_within` seconds (or `mark_stuck` ends it). Only
+    while `owner` holds the lease; returns whether it did."""
     c = _table.c
+    values: dict[str, Any] = {
+        "server_task_id": server_task_id,
+        "progress_message": message[:PROGRESS_MESSAGE_MAX] if message else None,
+        "lease_owner": None,
+        "lease_expires_at": _now() + timedelta(seconds=poll_within),
+    }
+    if server_session is not None:
+        values["server_session"] = sa.bindparam("b_session", type_=c.server_session.type)
     statement = (
         sa.update(_table)
         .where(c.task_id == task_id, c.lease_owner == owner, c.status == Status.RUNNING.value)
-        .values(
-            server_task_id=server_task_id,
-            progress_message=message[:PROGRESS_MESSAGE_MAX] if message else None,
-            lease_owner=None,
-            lease_expires_at=_now() + timedelta(seconds=poll_within),
-        )
+        .values(**values)
     )
-    result: Any = connection.execute(statement)
+    result: Any = connection.execute(statement, {"b_session": server_session} if server_session else {})
     return bool(result.rowcount)
+
+
+def server_session_of(session: Session, task_id: str) -> Any:
+    """The stored session (JSON) the row's server task lives in; None when it has none."""
+    return session.execute(
+        sa.select(McpExecution.server_session).where(McpExecution.task_id == task_id)
+    ).scalar()
 
 
 def need_input(connection: Connection, task_id: str, *, owner: str, request: Any) -> bool:

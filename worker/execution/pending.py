@@ -31,6 +31,12 @@ def answers(task_id: str) -> tuple[dict[str, Any] | None, str | None]:
     return stored["responses"], stored.get("request_state")
 
 
+def server_session(task_id: str) -> mcp.ServerSession | None:
+    """The streamable HTTP session the row's server task was started in, when it has one."""
+    with session_scope() as session:
+        return mcp.ServerSession.from_json(pauses.server_session_of(session, task_id))
+
+
 def settled(
     started: mcp.ToolOutcome | mcp.TaskStarted | mcp.InputNeeded,
     task_id: str,
@@ -53,10 +59,18 @@ def settled(
         logger.info("execution %s waits for input (%s)", row_id, ", ".join(started.requests) or "no requests")
         return None
     logger.info("execution %s runs as the server's task %s (%s)", row_id, started.task_id, started.status)
-    _await(task_id, owner, started.task_id, None, started.poll_after)
+    where = started.session.to_json() if started.session is not None else None
+    _await(task_id, owner, started.task_id, None, started.poll_after, where)
 
 
-def _await(task_id: str, owner: str, server_task_id: str, message: str | None, poll_after: float) -> NoReturn:
+def _await(
+    task_id: str,
+    owner: str,
+    server_task_id: str,
+    message: str | None,
+    poll_after: float,
+    server_session: dict[str, str] | None = None,
+) -> NoReturn:
     recorded = autocommit(
         lambda connection: pauses.await_task(
             connection,
@@ -65,6 +79,7 @@ def _await(task_id: str, owner: str, server_task_id: str, message: str | None, p
             server_task_id=server_task_id,
             message=message,
             poll_within=poll_after + POLL_GRACE_S,
+            server_session=server_session,
         )
     )
     if not recorded:
@@ -82,7 +97,7 @@ def poll(
         TaskPending: the task is still working.
         CallCancelled: the server cancelled the task.
     """
-    polled = mcp.poll_task(config, tool, server_task_id, settings=settings)
+    polled = mcp.poll_task(config, tool, server_task_id, settings=settings, session=server_session(task_id))
     if polled.outcome is not None:
         return polled.outcome
     if polled.status == "cancelled":

@@ -15,12 +15,13 @@ import logging
 from typing import Any, Protocol
 
 import mcp_types as types
-from mcp import Client
+from mcp.client.session import ClientSession
 from mcp_types import PaginatedRequestParams
 
-from worker.errors import ToolFailed
+from worker.errors import CallCancelled, ToolFailed
 from worker.mcp import calls
 from worker.mcp.calls import InputNeeded, TaskPoll, TaskStarted, input_responses
+from worker.mcp.http_sessions import ServerSession
 from worker.mcp.loop import in_loop_thread, loop_is_running, run_sync, stop_loop
 from worker.mcp.outcome import Progress, ToolOutcome, one_line, to_outcome
 from worker.mcp.pool import current_pool, get_pool
@@ -30,6 +31,7 @@ from worker.settings import Settings, get_settings
 __all__ = [
     "InputNeeded",
     "Progress",
+    "ServerSession",
     "TaskPoll",
     "TaskStarted",
     "ToolOutcome",
@@ -137,18 +139,23 @@ def start_tool(
             text = one_line(message, secrets, PROGRESS_MESSAGE_MAX) if message else None
             watch.progress(Progress(progress, total, text))
 
-    async def op(client: Client, timeout: float) -> ToolOutcome | TaskStarted | InputNeeded:
-        if as_task and parsed is None and await calls.runs_as_task(client, tool):
-            return await calls.start_task(client, tool, arguments, timeout)
+    async def op(session: ClientSession, timeout: float) -> ToolOutcome | TaskStarted | InputNeeded:
+        if as_task and parsed is None and await calls.runs_as_task(session, tool):
+            started = await calls.start_task(session, tool, arguments, timeout)
+            if config.mode == "streamable_http":
+                return started  # later deliveries poll it, from any process (`poll_task`)
+            logger.info("%s runs as the server's task %s, polled on its connection", tool, started.task_id)
+            got = await calls.follow_task(session, started, timeout)
+            return await _task_outcome(session, tool, got, timeout, secrets)
         progress = on_progress if watch else None
-        result = await calls.send_call(client, tool, arguments, timeout, progress, parsed, request_state)
+        result = await calls.send_call(session, tool, arguments, timeout, progress, parsed, request_state)
         if isinstance(result, types.InputRequiredResult):
             requests = {
                 key: request.model_dump(by_alias=True, mode="json", exclude_none=True)
                 for key, request in (result.input_requests or {}).items()
             }
             return InputNeeded(requests, result.request_state)
-        valid, why = await calls.check_output(client, tool, result)
+        valid, why = await calls.check_output(session, tool, result)
         return to_outcome(tool, result, secrets, output_valid=valid, output_error=why)
 
     async def run() -> ToolOutcome | TaskStarted | InputNeeded:
@@ -159,11 +166,33 @@ def start_tool(
     return run_sync(run(), _bound(config, settings), tick=watch.tick, tick_every=watch.interval)
 
 
+async def _task_outcome(
+    session: ClientSession, tool: str, got: types.GetTaskResult, timeout: float, secrets: list[str]
+) -> ToolOutcome:
+    """The outcome of a task followed to its end on its connection (`calls.follow_task`)."""
+    if got.status == "cancelled":
+        raise CallCancelled(f"the server cancelled its task {got.task_id}")
+    if got.status == "input_required":
+        raise ToolFailed(
+            f"tool {tool!r} asks for input in its task over a connection-bound transport; "
+            "serve it over streamable HTTP to answer it with `mcp-worker executions respond`"
+        )
+    result = await calls.task_result(session, got.task_id, timeout)
+    valid, why = await calls.check_output(session, tool, result)
+    return to_outcome(tool, result, secrets, output_valid=valid, output_error=why)
+
+
 def poll_task(
-    config: ServiceConfig, tool: str, task_id: str, *, settings: Settings | None = None
+    config: ServiceConfig,
+    tool: str,
+    task_id: str,
+    *,
+    settings: Settings | None = None,
+    session: ServerSession | None = None,
 ) -> TaskPoll:
-    """Ask the server how its task `task_id` (a call of `tool`) is doing (`tasks/get`); once it is
-    done, fetch the call's result (`tasks/result`) as a `ToolOutcome`.
+    """Ask the server how its task `task_id` (a call of `tool`) is doing (`tasks/get`), in the
+    server's `session` that started it when there is one; once it is done, fetch the call's
+    result (`tasks/result`) as a `ToolOutcome`.
 
     Raises:
         WorkerError: as for `call_tool` (the server forgot the task: `ProtocolError`).
@@ -171,48 +200,42 @@ def poll_task(
     settings = settings or get_settings()
     secrets = config.secrets()
 
-    async def op(client: Client, timeout: float) -> TaskPoll:
-        got = await client.session.send_request(
-            types.GetTaskRequest(params=types.GetTaskRequestParams(task_id=task_id)),
-            types.GetTaskResult,
-            request_read_timeout_seconds=timeout,
-        )
+    async def op(mcp_session: ClientSession, timeout: float) -> TaskPoll:
+        got = await calls.get_task(mcp_session, task_id, timeout)
         message = one_line(got.status_message, secrets, PROGRESS_MESSAGE_MAX) if got.status_message else None
         if got.status not in ("completed", "failed"):
             return TaskPoll(got.status, message, calls.poll_after(got))
-        result = await client.session.send_request(
-            types.GetTaskPayloadRequest(params=types.GetTaskPayloadRequestParams(task_id=task_id)),
-            types.CallToolResult,
-            request_read_timeout_seconds=timeout,
-        )
-        valid, why = await calls.check_output(client, tool, result)
+        result = await calls.task_result(mcp_session, task_id, timeout)
+        valid, why = await calls.check_output(mcp_session, tool, result)
         outcome = to_outcome(tool, result, secrets, output_valid=valid, output_error=why)
         return TaskPoll(got.status, message, 0.0, outcome)
 
     async def run() -> TaskPoll:
-        return await get_pool().run(config, settings, op)
+        return await get_pool().run(config, settings, op, resume=session)
 
     return run_sync(run(), _bound(config, settings))
 
 
-def cancel_task(config: ServiceConfig, task_id: str, *, settings: Settings | None = None) -> str:
-    """Ask the server to cancel its task `task_id` (`tasks/cancel`); returns the task's status.
+def cancel_task(
+    config: ServiceConfig,
+    task_id: str,
+    *,
+    settings: Settings | None = None,
+    session: ServerSession | None = None,
+) -> str:
+    """Ask the server to cancel its task `task_id` (`tasks/cancel`), in its `session` when there
+    is one; returns the task's status.
 
     Raises:
         WorkerError: as for `call_tool`.
     """
     settings = settings or get_settings()
 
-    async def op(client: Client, timeout: float) -> str:
-        cancelled = await client.session.send_request(
-            types.CancelTaskRequest(params=types.CancelTaskRequestParams(task_id=task_id)),
-            types.CancelTaskResult,
-            request_read_timeout_seconds=timeout,
-        )
-        return cancelled.status
+    async def op(mcp_session: ClientSession, timeout: float) -> str:
+        return await calls.cancel_task(mcp_session, task_id, timeout)
 
     async def run() -> str:
-        return await get_pool().run(config, settings, op)
+        return await get_pool().run(config, settings, op, resume=session)
 
     return run_sync(run(), _bound(config, settings))
 
@@ -225,11 +248,11 @@ def list_tools(config: ServiceConfig, *, settings: Settings | None = None) -> li
     """
     settings = settings or get_settings()
 
-    async def op(client: Client, timeout: float) -> list[dict[str, Any]]:
+    async def op(session: ClientSession, timeout: float) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
         for _ in range(LIST_TOOLS_PAGE_CAP):
-            page = await client.session.list_tools(params=PaginatedRequestParams(cursor=cursor))
+            page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor))
             tools += [
                 {"name": t.name, "description": t.description, "input_schema": t.input_schema}
                 for t in page.tools

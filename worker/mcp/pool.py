@@ -2,7 +2,7 @@
 
 Each session is opened and closed by its own owner task: the SDK's anyio task groups and cancel
 scopes must be exited by the task that entered them. Callers run in other tasks on the same loop
-and await `Client.call_tool` directly; that is safe because the SDK's JSON-RPC dispatcher
+and send requests on its `ClientSession` directly; that is safe because the SDK's JSON-RPC dispatcher
 correlates concurrent requests through per-request memory streams, and the transport's own
 tasks (pipe readers, HTTP POSTs) live in the owner's task group, not the caller's.
 
@@ -25,20 +25,23 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import anyio
-from mcp import Client
+from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
 
 from worker.errors import ProtocolError, ServerTimeout, ServerUnavailable, WorkerError
+from worker.mcp.http_sessions import ServerSession
 from worker.mcp.outcome import classify, session_is_dead
-from worker.mcp.transports import Probe, open_client, target_of
+from worker.mcp.transports import Probe, open_client, resumed_session, target_of
 from worker.services.config import ServiceConfig, Timeouts, timeouts_for
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Key = tuple[str, str, str, float, float]
+# (transport, target, credentials, connect timeout, call timeout, resumed server session id or "")
+Key = tuple[str, str, str, float, float, str]
+Op = Callable[[ClientSession, float], Awaitable[T]]
 
 # How long a dying session gets to close and record why it died, before its error is classified.
 DEATH_REPORT_WAIT = 3.0
@@ -65,21 +68,30 @@ class Session:
     """One MCP session and the task that owns it."""
 
     def __init__(
-        self, key: Key, config: ServiceConfig, settings: Settings, on_spawn: Callable[[], None] | None = None
+        self,
+        key: Key,
+        config: ServiceConfig,
+        settings: Settings,
+        on_spawn: Callable[[], None] | None = None,
+        resume: ServerSession | None = None,
     ) -> None:
         self.key = key
         self.where = describe(config)
         self.secrets = config.secrets()
         self.probe = Probe(label=config.desc, on_spawn=on_spawn)
         self.idle_ttl = settings.session_idle_ttl
-        self.client: Client | None = None
+        self.client: ClientSession | None = None
         self.failure: BaseException | None = None
         self.ready = asyncio.get_running_loop().create_future()
         self.closing = anyio.Event()
         self.scope = anyio.CancelScope()
         self.in_flight = 0
         self.last_used = time.monotonic()
-        self._factory = lambda: open_client(config, settings, self.probe)
+        self._factory = (
+            (lambda: resumed_session(config, settings, self.probe, resume))
+            if resume is not None
+            else (lambda: open_client(config, settings, self.probe))
+        )
         # A fresh context: the owner outlives the task that opened it, so it must not log with
         # that task's id and user.
         self.task = asyncio.get_running_loop().create_task(
@@ -126,7 +138,7 @@ class Session:
         self.in_flight -= 1
         self.last_used = time.monotonic()
 
-    async def call(self, op: Callable[[Client, float], Awaitable[T]], timeout: float) -> T:
+    async def call(self, op: Op[T], timeout: float) -> T:
         client = self.client
         if client is None:
             raise self._closed_error()
@@ -178,7 +190,13 @@ class Pool:
             del self.sessions[session.key]
 
     async def _session(
-        self, key: Key, config: ServiceConfig, settings: Settings, timeouts: Timeouts, deadline: float
+        self,
+        key: Key,
+        config: ServiceConfig,
+        settings: Settings,
+        timeouts: Timeouts,
+        deadline: float,
+        resume: ServerSession | None,
     ) -> tuple[Session, bool]:
         """A leased session for `key` and whether it was opened (or being opened) for this call."""
         session = self.sessions.get(key)
@@ -192,7 +210,7 @@ class Pool:
                 self._drop(session)
             if key[0] == "stdio":
                 self._make_room_for_stdio(settings.max_stdio_sessions)
-            session = Session(key, config, settings, on_spawn=self._count_spawn)
+            session = Session(key, config, settings, on_spawn=self._count_spawn, resume=resume)
             self.sessions[key] = session
             self.opened += 1
         session.lease()
@@ -244,9 +262,10 @@ class Pool:
         )
 
     async def run(
-        self, config: ServiceConfig, settings: Settings, op: Callable[[Client, float], Awaitable[T]]
+        self, config: ServiceConfig, settings: Settings, op: Op[T], resume: ServerSession | None = None
     ) -> T:
-        """Run `op(client, call_timeout)` on the service's pooled session, within connect + call time.
+        """Run `op(session, call_timeout)` on the service's pooled session, within connect + call
+        time; with `resume`, on that streamable HTTP session at the server (pooled too, by its id).
 
         Raises:
             WorkerError: the classified failure (see `worker.mcp.outcome.classify`).
@@ -258,6 +277,7 @@ class Pool:
             config.credential_hash(),
             timeouts.connect,
             timeouts.call,
+            resume.id if resume is not None else "",
         )
         deadline = self.loop.time() + timeouts.connect + timeouts.call
         limit = self.limits.get(key)
@@ -275,7 +295,7 @@ class Pool:
                 ) from None
         try:
             for attempt in (1, 2):
-                session, fresh = await self._session(key, config, settings, timeouts, deadline)
+                session, fresh = await self._session(key, config, settings, timeouts, deadline, resume)
                 budget = max(0.001, min(timeouts.call, deadline - self.loop.time()))
                 try:
                     return await session.call(op, budget)

@@ -21,6 +21,7 @@ import logging
 import os
 import shlex
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,12 +31,15 @@ import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client import IncomingMessage
 from mcp.client._transport import TransportStreams  # the SDK's transports use it; no public alias yet
+from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE, streamable_http_client
-from mcp_types import Implementation
+from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE, MCP_SESSION_ID, streamable_http_client
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types import Implementation, InitializeResult, ServerCapabilities
 
 from worker.errors import WorkerError
+from worker.mcp.http_sessions import ServerSession, end_session
 from worker.oauth.settings import oauth_client
 from worker.services.config import ServiceConfig, Timeouts, stdio_command, timeouts_for
 from worker.settings import Settings
@@ -74,6 +78,12 @@ class Probe:
     on_spawn: Callable[[], None] | None = None
     spawned: bool = False
     transport_error: Exception | None = None
+    # Streamable HTTP: the server's session id and the protocol version the requests carry.
+    session_id: str | None = None
+    protocol_version: str | None = None
+    # The session started an MCP task that later polls may follow from any process
+    # (`ServerSession`): closing it must not end it at the server.
+    keeps_tasks: bool = False
 
     async def on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, ValueError):
@@ -85,6 +95,16 @@ class Probe:
     async def on_response(self, response: httpx2.Response) -> None:
         if response.status_code >= 400:
             self.http_status = response.status_code
+        if session_id := response.headers.get(MCP_SESSION_ID):
+            self.session_id = session_id
+        if version := response.request.headers.get(MCP_PROTOCOL_VERSION_HEADER):
+            self.protocol_version = version
+
+    def server_session(self) -> ServerSession | None:
+        """The streamable HTTP session this transport speaks in, once the server named it."""
+        if self.session_id is None or self.protocol_version is None:
+            return None
+        return ServerSession(self.session_id, self.protocol_version)
 
     def record_auth_failure(self, error: WorkerError) -> None:
         """Keep why no OAuth token could be had mid-session: the error the session's calls report."""
@@ -245,22 +265,35 @@ async def sse_transport(
 
 @asynccontextmanager
 async def streamable_http_transport(
-    config: ServiceConfig, settings: Settings, probe: Probe
+    config: ServiceConfig, settings: Settings, probe: Probe, resume: ServerSession | None = None
 ) -> AsyncIterator[TransportStreams]:
-    """Connect to a streamable HTTP server with one `httpx2.AsyncClient` for the session's life."""
+    """Connect to a streamable HTTP server with one `httpx2.AsyncClient` for the session's life;
+    with `resume`, speak in that existing session (no handshake: see `resumed_session`).
+
+    Closing ends the session at the server (`DELETE`) unless it was resumed or started an MCP
+    task (`Probe.keeps_tasks`): the task's later polls, from any process, still need it.
+    """
     timeouts = timeouts_for(config, settings)
     assert config.url is not None
+    headers = auth_headers(config)
+    if resume is not None:
+        headers |= resume.headers()
     http = _client_factory(probe, settings)(
-        headers=auth_headers(config),
+        headers=headers,
         timeout=_http_timeout(timeouts, timeouts.call + HTTP_READ_SLACK),
         auth=await oauth_auth(config, timeouts, probe),
     )
     async with http:
         max_event = max(MAX_SSE_EVENT_FLOOR, 2 * settings.max_result_bytes)
-        async with streamable_http_client(
-            config.url, http_client=http, max_sse_event_size=max_event
-        ) as streams:
-            yield streams
+        try:
+            async with streamable_http_client(
+                config.url, http_client=http, max_sse_event_size=max_event, terminate_on_close=False
+            ) as streams:
+                yield streams
+        finally:
+            ended = probe.server_session()
+            if resume is None and not probe.keeps_tasks and ended is not None:
+                await end_session(http, config.url, ended, timeouts.connect, probe.label)
 
 
 TransportFactory = Callable[[ServiceConfig, Settings, Probe], AbstractAsyncContextManager[TransportStreams]]
@@ -283,8 +316,10 @@ def _stdio_target(argv: tuple[str, ...], endpoint: str | None) -> str:
     return shlex.join(argv) + f" @ {endpoint or ''}"
 
 
-def open_client(config: ServiceConfig, settings: Settings, probe: Probe) -> Client:
-    """An un-entered `mcp.Client` for the service; entering it connects and handshakes.
+def open_client(
+    config: ServiceConfig, settings: Settings, probe: Probe
+) -> AbstractAsyncContextManager[ClientSession]:
+    """Connect and handshake (on entering) with the service's server; yields the MCP session.
 
     Raises:
         CommandNotAllowed, InvalidService: a stdio command that may not or cannot run.
@@ -292,9 +327,54 @@ def open_client(config: ServiceConfig, settings: Settings, probe: Probe) -> Clie
     if config.mode == "stdio":
         stdio_command(config, settings)  # refuse before anything is spawned
     transport = TRANSPORTS[config.mode](config, settings, probe)
-    return Client(
+    client = Client(
         transport,
         read_timeout_seconds=timeouts_for(config, settings).call,
         client_info=CLIENT_INFO,
         message_handler=probe.on_message,
     )
+    return _entered(client, probe)
+
+
+# Each open session's probe, for the calls that need what it saw (`probe_of`).
+_probes: weakref.WeakKeyDictionary[ClientSession, Probe] = weakref.WeakKeyDictionary()
+
+
+def probe_of(session: ClientSession) -> Probe | None:
+    """The probe of a session `open_client` or `resumed_session` opened."""
+    return _probes.get(session)
+
+
+@asynccontextmanager
+async def _entered(client: Client, probe: Probe) -> AsyncIterator[ClientSession]:
+    async with client:
+        _probes[client.session] = probe
+        yield client.session
+
+
+@asynccontextmanager
+async def resumed_session(
+    config: ServiceConfig, settings: Settings, probe: Probe, resume: ServerSession
+) -> AsyncIterator[ClientSession]:
+    """Speak again in an existing streamable HTTP session, without a handshake: the server
+    already knows it (its version is adopted as negotiated; its capabilities are not needed to
+    poll a task). A server that forgot the session answers 404, like any ended session."""
+    timeouts = timeouts_for(config, settings)
+    async with streamable_http_transport(config, settings, probe, resume) as (read, write):
+        session = ClientSession(
+            read,
+            write,
+            read_timeout_seconds=timeouts.call,
+            message_handler=probe.on_message,
+            client_info=CLIENT_INFO,
+        )
+        async with session:
+            session.adopt(
+                InitializeResult(
+                    protocol_version=resume.protocol_version,
+                    capabilities=ServerCapabilities(),
+                    server_info=Implementation(name="resumed session", version=""),
+                )
+            )
+            _probes[session] = probe
+            yield session
