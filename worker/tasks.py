@@ -20,7 +20,7 @@ import worker.ops.lifecycle
 import worker.ops.logs  # noqa: F401  (connects the logging signals)
 from worker import fairness, names
 from worker.celery import app
-from worker.delivery.job import time_limit as delivery_time_limit
+from worker.delivery.limits import time_limit as delivery_time_limit
 from worker.delivery.request import ClaimFreeingRequest
 from worker.errors import CallCancelled, ExecutionHeld, TransientError
 from worker.execution import cancel, leases, slots

@@ -26,6 +26,7 @@ from worker.delivery import log
 from worker.delivery.email import build_message, message_domain, send_email, smtp_config
 from worker.delivery.errors import DeliveryRefused, DeliveryUnavailable
 from worker.delivery.http import post_slack, post_webhook, slack_payload
+from worker.delivery.limits import lease_seconds
 from worker.errors import InvalidArguments, WorkerError
 from worker.redaction import redact, register_secrets
 from worker.reports.html import markdown_to_html, report_page
@@ -35,16 +36,6 @@ from worker.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 _HEADING = re.compile(r"^\s*#{1,6}\s+(.+?)\s*#*\s*$", re.M)
-
-
-def time_limit(settings: Settings) -> int:
-    """The task's soft time limit: a slow SMTP conversation is a few timeouts long."""
-    return int(4 * max(settings.smtp_timeout, settings.webhook_timeout) + 30)
-
-
-def lease_seconds(settings: Settings) -> float:
-    # past the task's hard limit (soft + 30 s), so a live sender never loses its claim
-    return float(time_limit(settings) + 60)
 
 
 def retry_delay(retries: int, retry_after: float | None, settings: Settings) -> float:

@@ -22,13 +22,14 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import openai
 
 from worker.redaction import redact, register_secrets
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    import openai  # imported when a report is first refined: ~36 MiB a tools worker never needs
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ def _client(settings: Settings, api_key: str) -> openai.OpenAI:
     with _lock:
         client = _clients.get(key)
         if client is None:
+            import openai
+
             register_secrets([api_key])  # so the log filter masks it too, wherever it turns up
             client = openai.OpenAI(
                 api_key=api_key,
@@ -146,6 +149,8 @@ def refine_report(raw: str, *, settings: Settings, facts: Sequence[str] | None =
         skipped = f"refinement skipped: the report is {len(raw)} characters, over {MAX_REFINE_CHARS}"
         return RefineOutcome(raw, False, None, skipped, None)
 
+    import openai
+
     model = settings.openai_model
     try:
         completion: Any = _client(settings, api_key).chat.completions.create(
@@ -177,6 +182,8 @@ def refine_report(raw: str, *, settings: Settings, facts: Sequence[str] | None =
 
 
 def _describe_failure(exc: Exception, settings: Settings) -> str:
+    import openai
+
     retries = settings.openai_max_retries
     if isinstance(exc, openai.APITimeoutError):
         return f"OpenAI did not answer within {settings.openai_timeout:g} s ({retries} retries)"
