@@ -128,6 +128,11 @@ class ProtocolError(PermanentError):
     """The server answered with something that is not a valid MCP message."""
 
 
+class SessionGone(PermanentError):
+    """The server no longer knows a streamable HTTP session the worker spoke in again (the one an
+    MCP task was started in): it restarted, or expired the session."""
+
+
 class TemplateError(PermanentError):
     """A report template failed to compile or render."""
 

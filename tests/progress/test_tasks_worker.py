@@ -34,6 +34,7 @@ from fault_helpers import (
     worker_env,
 )
 from processes import everything_binary, free_port, wait_until
+from progress_helpers import start_everything_http
 
 from worker import mcp
 from worker.client import submit_tool
@@ -126,6 +127,32 @@ def test_a_research_task_survives_a_worker_killed_between_polls(
     assert counts["task_calls"] == 1, counts
     # The new worker spoke in the row's session: it opened none of its own to poll.
     assert counts["initializes"] == 1, counts
+
+
+def test_a_server_that_forgot_the_tasks_session_ends_the_row_with_a_clear_error(
+    procs: Procs, redis_server: RedisServer, engine: sa.Engine
+) -> None:
+    """server-everything restarted between polls forgets the session the task lived in: the
+    poll fails for good, saying so, and the call is not started again."""
+    port = free_port()
+    url, server = start_everything_http(procs, port, "everything-first")
+    worker = start_tools_worker(procs, "tasks-forgot", worker_env(redis_server.url()))
+    user = unique("tasks-forgot")
+    add_service(engine, user, "everything", "streamable_http", url)
+    result = submit_tool(user, "everything", "simulate-research-query", {"topic": "tides"}, app=worker.app)
+    started = wait_until(
+        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
+        60,
+        "the row to hold the server's task id",
+        interval=0.05,
+    )
+    kill_proc(server)
+    start_everything_http(procs, port, "everything-again")
+
+    row = wait_final(engine, [result.id], FINAL_TIMEOUT_S, worker.tail)[result.id]
+    assert row["status"] == "error"
+    assert f"the server no longer knows its task {started} and its session" in row["error_message"]
+    assert worker.log().count("runs as the server's task") == 1
 
 
 def test_a_session_that_started_a_task_is_kept_at_the_server_when_the_worker_closes_it(

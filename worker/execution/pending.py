@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 from worker import mcp
 from worker.db.engine import autocommit, session_scope
-from worker.errors import CallCancelled, TaskPending
+from worker.errors import CallCancelled, SessionGone, TaskPending, ToolFailed, ToolInputRejected
 from worker.execution import pauses
 from worker.redaction import redact_params
 from worker.services.config import ServiceConfig
@@ -96,8 +96,19 @@ def poll(
     Raises:
         TaskPending: the task is still working.
         CallCancelled: the server cancelled the task.
+        ToolFailed: the server forgot the task (or the session it lived in).
     """
-    polled = mcp.poll_task(config, tool, server_task_id, settings=settings, session=server_session(task_id))
+    session = server_session(task_id)
+    try:
+        polled = mcp.poll_task(config, tool, server_task_id, settings=settings, session=session)
+    except (SessionGone, ToolInputRejected) as exc:
+        # tasks/get takes only the task id, so a rejection means an unknown task: either way the
+        # task is gone, and starting it again is not ours to do.
+        where = " and its session" if session is not None else ""
+        raise ToolFailed(
+            f"the server no longer knows its task {server_task_id}{where} (did it restart or expire "
+            f"it?); the call was not started again: {exc}"
+        ) from None
     if polled.outcome is not None:
         return polled.outcome
     if polled.status == "cancelled":

@@ -39,6 +39,7 @@ from worker.errors import (
     ServerError,
     ServerTimeout,
     ServerUnavailable,
+    SessionGone,
     ToolInputRejected,
     UnknownTool,
     WorkerError,
@@ -186,6 +187,9 @@ def classify(exc: BaseException, where: str, probe: Probe | None, secrets: Itera
     text = one_line(str(cause) or type(cause).__name__, secrets, 200)
     if isinstance(cause, WorkerError):
         return cause
+    if probe is not None and probe.resumed and status in (400, 404):
+        # The spec says 404 for an unknown session; some servers (server-everything) say 400.
+        return SessionGone(f"{where} no longer knows the session (HTTP {status})")
     if isinstance(cause, httpx2.HTTPStatusError):
         return _from_status(cause.response.status_code, where)
     if isinstance(cause, MCPError) and cause.code == types.INTERNAL_ERROR and status is not None:

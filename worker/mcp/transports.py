@@ -84,6 +84,8 @@ class Probe:
     # The session started an MCP task that later polls may follow from any process
     # (`ServerSession`): closing it must not end it at the server.
     keeps_tasks: bool = False
+    # The transport speaks in a session opened elsewhere (`resumed_session`).
+    resumed: bool = False
 
     async def on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, ValueError):
@@ -360,6 +362,7 @@ async def resumed_session(
     already knows it (its version is adopted as negotiated; its capabilities are not needed to
     poll a task). A server that forgot the session answers 404, like any ended session."""
     timeouts = timeouts_for(config, settings)
+    probe.resumed = True
     async with streamable_http_transport(config, settings, probe, resume) as (read, write):
         session = ClientSession(
             read,
