@@ -31,6 +31,12 @@ def test_the_mcp_runtime_loads_no_database() -> None:
     assert _loaded_after("import worker.mcp", ("sqlalchemy",)) == []
 
 
+def test_registering_the_tasks_loads_no_report_renderer_nor_openai() -> None:
+    # Every worker process registers every task; only the reports worker renders and refines.
+    loaded = _loaded_after("import worker.tasks", ("openai", "jinja2", "markdown_it", "nh3"))
+    assert loaded == []
+
+
 def test_a_service_config_loads_no_database() -> None:
     assert _loaded_after("import worker.services.config", ("sqlalchemy", "cryptography", "mcp")) == []
 
