@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from fault_helpers import (
     Procs,
     RedisServer,
+    Worker,
     add_service,
     kill_proc,
     row_counts,
@@ -108,15 +110,8 @@ def test_a_research_task_survives_a_worker_killed_between_polls(
     add_service(engine, user, "everything", "streamable_http", f"{proxy}/mcp")
 
     result = submit_tool(user, "everything", "simulate-research-query", {"topic": "tides"}, app=first.app)
-    started = wait_until(
-        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
-        60,
-        "the row to hold the server's task id",
-        interval=0.05,
-    )
-    kill_proc(first.proc)
-    second = start_tools_worker(procs, "research-kill-2", env)
-    row = wait_final(engine, [result.id], FINAL_TIMEOUT_S, second.tail)[result.id]
+    started = _server_task_started(engine, result.id)
+    second, row = _killed_and_resumed(procs, first, "research-kill-2", env, engine, result.id)
 
     assert row["status"] == "success", row["error_message"]
     assert "Research Report: tides" in row["result"][0]
@@ -140,12 +135,7 @@ def test_a_server_that_forgot_the_tasks_session_ends_the_row_with_a_clear_error(
     user = unique("tasks-forgot")
     add_service(engine, user, "everything", "streamable_http", url)
     result = submit_tool(user, "everything", "simulate-research-query", {"topic": "tides"}, app=worker.app)
-    started = wait_until(
-        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
-        60,
-        "the row to hold the server's task id",
-        interval=0.05,
-    )
+    started = _server_task_started(engine, result.id)
     kill_proc(server)
     start_everything_http(procs, port, "everything-again")
 
@@ -202,15 +192,8 @@ def test_a_task_survives_a_worker_killed_between_polls(
     add_service(engine, user, "slow", "streamable_http", url)
 
     result = submit_tool(user, "slow", "slow_report", {"topic": "tides"}, app=first.app)
-    started = wait_until(
-        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
-        60,
-        "the row to hold the server's task id",
-        interval=0.1,
-    )
-    kill_proc(first.proc)
-    second = start_tools_worker(procs, "tasks-kill-2", env)
-    row = wait_final(engine, [result.id], FINAL_TIMEOUT_S, second.tail)[result.id]
+    started = _server_task_started(engine, result.id)
+    second, row = _killed_and_resumed(procs, first, "tasks-kill-2", env, engine, result.id)
 
     assert row["status"] == "success", row["error_message"]
     assert row["result"] == ["report on tides"]
@@ -219,6 +202,27 @@ def test_a_task_survives_a_worker_killed_between_polls(
     starts = mcp.call_tool(_probe(url), "task_starts", {}).result
     assert starts == {"starts": 1, "ids": [started], "cancelled": []}
     assert f"runs as the server's task {started}" not in second.log()
+
+
+def _server_task_started(engine: sa.Engine, task_id: str) -> str:
+    """The server's task id, once the delivery that started the call recorded it on the row."""
+    started: str = wait_until(
+        lambda: rows(engine, [task_id]).get(task_id, {}).get("server_task_id"),
+        60,
+        "the row to hold the server's task id",
+        interval=0.05,
+    )
+    return started
+
+
+def _killed_and_resumed(
+    procs: Procs, first: Worker, name: str, env: dict[str, str], engine: sa.Engine, task_id: str
+) -> tuple[Worker, dict[str, Any]]:
+    """SIGKILL `first`, start a new tools worker `name`, and wait for the row's end: the new
+    worker and the final row."""
+    kill_proc(first.proc)
+    second = start_tools_worker(procs, name, env)
+    return second, wait_final(engine, [task_id], FINAL_TIMEOUT_S, second.tail)[task_id]
 
 
 def _probe(url: str, api_key: str = "") -> ServiceConfig:
@@ -243,12 +247,7 @@ def test_cancelling_a_call_between_polls_cancels_the_servers_task(
     user = unique("tasks-cancel")
     add_service(engine, user, "slow", "streamable_http", url)
     result = submit_tool(user, "slow", "slow_report", {"topic": "tides"}, app=worker.app)
-    started = wait_until(
-        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
-        60,
-        "the row to hold the server's task id",
-        interval=0.1,
-    )
+    started = _server_task_started(engine, result.id)
 
     done = subprocess.run(
         [MCP_WORKER, "executions", "cancel", result.id], env=env, capture_output=True, text=True, timeout=60
@@ -278,12 +277,7 @@ def test_a_revoke_between_polls_ends_the_row_and_cancels_the_servers_task(
     user = unique("tasks-revoke")
     add_service(engine, user, "slow", "streamable_http", url)
     result = submit_tool(user, "slow", "slow_report", {"topic": "tides"}, app=worker.app)
-    started = wait_until(
-        lambda: rows(engine, [result.id]).get(result.id, {}).get("server_task_id"),
-        60,
-        "the row to hold the server's task id",
-        interval=0.1,
-    )
+    started = _server_task_started(engine, result.id)
 
     worker.app.control.revoke(result.id)
 
