@@ -19,7 +19,7 @@ from worker import mcp
 from worker.cli.supervise import node_names
 from worker.db.engine import session_scope
 from worker.execution import audit
-from worker.processes import children, free_port, gone, port_open
+from worker.processes import children, cmdline, free_port, gone, port_open
 from worker.services.config import ServiceConfig
 from worker.services.store import save_service
 
@@ -183,6 +183,7 @@ def test_the_tools_worker_runs_one_threads_process_each_and_stops_them_all() -> 
         assert health.returncode == 0, health.stdout + health.stderr
         workers = children(proc.pid)
         assert len(workers) == 2
+        assert all("-m worker.cli.worker_process " in cmdline(pid) for pid in workers)
     finally:
         code = proc.stop()
     assert code == 0, proc.tail()

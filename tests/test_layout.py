@@ -37,6 +37,18 @@ def test_registering_the_tasks_loads_no_report_renderer_nor_openai() -> None:
     assert loaded == []
 
 
+def test_a_worker_process_loads_none_of_celerys_other_commands() -> None:
+    # `mcp-worker worker` runs Celery's worker command without its umbrella command, which loads
+    # the REPL and every plugin's command (Flower's Tornado): 11 MiB in each worker process.
+    starting = (
+        "import worker.cli.worker_process, celery.apps.worker, celery.concurrency.thread\n"
+        "from celery.app.utils import find_app\n"
+        "find_app('worker').loader.import_default_modules()"
+    )
+    umbrella = ("celery.bin.celery", "click_repl", "prompt_toolkit", "flower", "tornado")
+    assert _loaded_after(starting, umbrella) == []
+
+
 def test_a_service_config_loads_no_database() -> None:
     assert _loaded_after("import worker.services.config", ("sqlalchemy", "cryptography", "mcp")) == []
 

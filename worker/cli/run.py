@@ -3,8 +3,9 @@
 `worker` and `beat` are `celery -A worker worker|beat` with the project's defaults (every queue;
 on the tools queue alone, the threads pool with MCP_TOOLS_CONCURRENCY calls in flight, one such
 process per core under `worker.cli.supervise`; the beat schedule file in the data folder); extra
-arguments go to Celery unchanged. On the
-embedded default they migrate the SQLite database first.
+arguments go to Celery unchanged. A worker runs Celery's worker command through
+`worker.cli.worker_process`, which leaves out the rest of Celery's command line. On the embedded
+default they migrate the SQLite database first.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def _announce_backends() -> None:
     schema.ensure_schema()
 
 
-def _exec_celery(argv: list[str]) -> int:
+def _exec_python(*argv: str) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "worker", *argv])  # noqa: S606
+    os.execvp(sys.executable, [sys.executable, *argv])  # noqa: S606
+    return 1  # not reached
 
 
 def _option(argv: list[str], *names: str) -> str | None:
@@ -114,10 +116,10 @@ def _worker(args: argparse.Namespace) -> int:
         # Only with the production pool (no -P given) does it run one process per core.
         if defaults and processes > 1 and "--help" not in extra and "-h" not in extra:
             return exec_supervisor(["--loglevel", "INFO", *extra], processes)
-    return _exec_celery(["worker", "--loglevel", "INFO", *extra])
+    return _exec_python("-m", "worker.cli.worker_process", "--loglevel", "INFO", *extra)
 
 
 def _beat(args: argparse.Namespace) -> int:
     if "--help" not in args.rest and "-h" not in args.rest:
         _announce_backends()
-    return _exec_celery(["beat", "--loglevel", "INFO", *args.rest])
+    return _exec_python("-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO", *args.rest)

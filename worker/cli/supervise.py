@@ -3,9 +3,10 @@ per core, run and watched by this process.
 
 Tool calls wait on I/O, so one process holds many of them (the threads pool, MCP_TOOLS_CONCURRENCY
 each), but the Python that runs around each call uses a core; MCP_TOOLS_PROCESSES processes (the
-cores this process may use, by default) use them all. Each child is `celery -A worker worker ...`
-with the same options and its own node name, `<name>-<i>@<host>` (Flower and remote control see
-each; `mcp-worker health --worker <name>@<host>` accepts them). SIGTERM, SIGINT and SIGQUIT are
+cores this process may use, by default) use them all. Each child is Celery's worker command
+(`celery -A worker worker ...`, run by `worker.cli.worker_process`) with the same options and its
+own node name, `<name>-<i>@<host>` (Flower and remote control see each; `mcp-worker health
+--worker <name>@<host>` accepts them). SIGTERM, SIGINT and SIGQUIT are
 passed to every child, so a stop is each child's warm (or cold) shutdown, and the supervisor exits
 when they all have. A child that exits on its own stops the others and the supervisor exits with
 its status: the container's restart policy (or systemd) then starts the whole set again, rather
@@ -82,12 +83,12 @@ def exec_supervisor(argv: list[str], count: int) -> int:
 
 
 def supervise(argv: list[str], count: int) -> int:
-    """Run `celery -A worker worker <argv>` `count` times, each with its own node name, until they
+    """Run Celery's worker command with `argv` `count` times, each with its own node name, until they
     stop; returns the exit status for this process."""
     rest, given = without_name(argv)
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "worker", *rest, "-n", name],
+            [sys.executable, "-m", "worker.cli.worker_process", *rest, "-n", name],
             start_new_session=True,  # a terminal's ^C reaches them once, through us
             preexec_fn=set_parent_death_signal if sys.platform == "linux" else None,
         )
