@@ -24,8 +24,9 @@ APP = "worker"  # what `celery -A worker` is given
 PROG = "celery worker"
 
 
-def main(argv: list[str]) -> int:
-    """Run Celery's worker command with `argv` (the options after `celery -A worker worker`)."""
+def main(argv: list[str]) -> None:
+    """Run Celery's worker command with `argv` (the options after `celery -A worker worker`);
+    Click exits the process with the command's status, as `celery` does."""
     app = find_app(APP)
     # What the umbrella adds to its worker command: options an app or a plugin declares.
     worker_command.params.extend(app.user_options.get("worker", ()))
@@ -33,10 +34,8 @@ def main(argv: list[str]) -> int:
     # `celery -C` is NO_COLOR in the environment here.
     no_color = os.environ.get("NO_COLOR", "").lower() not in ("", "0", "false", "no")
     context = CLIContext(app=app, no_color=no_color, workdir=None, quiet=False)
-    # standalone: Click exits with the command's status, as `celery` does.
     worker_command.main(args=argv, prog_name=PROG, obj=context, auto_envvar_prefix="CELERY_WORKER")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])
